@@ -1,0 +1,307 @@
+//! Every operation against the real kernel, each test in network
+//! namespaces of its own (unshared by the test thread, so they vanish with
+//! it, pass or fail). Needs root, as CI has.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Command;
+
+use flannel_netlink::{
+    parse_mac, Batch, Event, Handle, Monitor, Netns, Route, VethSpec, VxlanSpec,
+};
+use ipnet::IpNet;
+
+/// Moves the calling thread into a fresh, unnamed network namespace.
+fn fresh_netns() -> Netns {
+    // SAFETY: affects only this thread (test threads are separate).
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare: need root"
+    );
+    Netns::current().unwrap()
+}
+
+/// `ip -j ARGS` run inside the calling thread's namespace.
+fn ip_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", this_thread_ns().display()))
+        .args(["ip", "-j"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn this_thread_ns() -> PathBuf {
+    let tid = unsafe { libc::gettid() };
+    PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn bridge_veth_addresses_and_routes() {
+    let pod = fresh_netns();
+    let _node = fresh_netns();
+    let mut h = Handle::new().unwrap();
+    h.add_bridge("br-t", Some(1400)).unwrap();
+    let br = h.link("br-t").unwrap().expect("bridge exists");
+    assert_eq!((br.kind.as_deref(), br.mtu), (Some("bridge"), 1400));
+
+    let spec = VethSpec {
+        name: "veth-t".into(),
+        mtu: Some(1400),
+        mac: None,
+        peer_name: "eth0".into(),
+        peer_netns: &pod,
+        peer_mac: parse_mac("0a:58:0a:f4:01:02"),
+    };
+    h.add_veth(&spec).unwrap();
+    let host = h.link("veth-t").unwrap().unwrap();
+    h.set_master(host.index, br.index).unwrap();
+    h.set_hairpin(host.index, true).unwrap();
+    h.set_up(host.index).unwrap();
+    h.set_up(br.index).unwrap();
+    let host = h.link_by_index(host.index).unwrap().unwrap();
+    assert_eq!((host.master, host.up), (Some(br.index), true));
+    let ports = ip_json(&["-d", "link", "show", "veth-t"]);
+    assert_eq!(
+        ports[0]["linkinfo"]["info_slave_data"]["hairpin"], true,
+        "{ports}"
+    );
+
+    h.add_addr(br.index, net("10.244.1.1/24")).unwrap();
+    h.add_addr(br.index, net("10.244.1.1/24")).unwrap(); // idempotent
+    let addrs = h.addrs(Some(br.index)).unwrap();
+    assert_eq!(
+        addrs.iter().map(|a| a.net).collect::<Vec<_>>(),
+        vec![net("10.244.1.1/24")]
+    );
+
+    // The pod end: created in the pod netns under its final name.
+    let mut p = Handle::in_netns(&pod).unwrap();
+    let eth0 = p.link("eth0").unwrap().expect("peer created in pod netns");
+    assert_eq!(eth0.mac, parse_mac("0a:58:0a:f4:01:02"));
+    assert_eq!(eth0.mtu, 1400);
+    assert_eq!(host.peer_index, Some(eth0.index));
+    assert!(
+        h.link("eth0").unwrap().is_none(),
+        "peer must not exist in the node"
+    );
+    p.set_up(eth0.index).unwrap();
+    p.add_addr(eth0.index, net("10.244.1.2/24")).unwrap();
+    let r = Route::new(net("10.244.0.0/16"))
+        .via(ip("10.244.1.1"))
+        .dev(eth0.index);
+    p.add_route(&r).unwrap();
+    let err = p.add_route(&r).unwrap_err();
+    assert!(err.is_exists(), "{err}");
+    p.replace_route(&r).unwrap();
+    let routes = p.routes(false).unwrap();
+    let found = routes
+        .iter()
+        .find(|x| x.dst == net("10.244.0.0/16"))
+        .expect("route listed");
+    assert_eq!(
+        (found.gateway, found.oif),
+        (Some(ip("10.244.1.1")), Some(eth0.index))
+    );
+    p.del_route(&r).unwrap();
+    assert!(p.del_route(&r).unwrap_err().is_not_found());
+
+    h.del_link(host.index).unwrap();
+    assert!(
+        p.link("eth0").unwrap().is_none(),
+        "deleting one end removes both"
+    );
+    assert!(h.del_link(host.index).unwrap_err().is_not_found());
+}
+
+#[test]
+fn vxlan_neigh_fdb_and_onlink_route() {
+    let _ns = fresh_netns();
+    let mut h = Handle::new().unwrap();
+    let lo = h.link("lo").unwrap().unwrap();
+    h.set_up(lo.index).unwrap();
+    h.add_addr(lo.index, net("192.0.2.11/32")).unwrap();
+    let spec = VxlanSpec {
+        name: "flannel.1".into(),
+        vni: 1,
+        port: 8472,
+        local: Some(Ipv4Addr::new(192, 0, 2, 11)),
+        link: Some(lo.index),
+        mtu: Some(1450),
+        mac: parse_mac("c6:d2:32:6f:8f:44"),
+        learning: false,
+    };
+    h.add_vxlan(&spec).unwrap();
+    assert!(h.add_vxlan(&spec).unwrap_err().is_exists());
+    let vx = h.link("flannel.1").unwrap().unwrap();
+    let info = vx.vxlan.clone().expect("vxlan info");
+    assert_eq!((info.vni, info.port, info.learning), (1, 8472, false));
+    assert_eq!((info.local, info.link), (spec.local, Some(lo.index)));
+    assert_eq!(vx.mac, spec.mac);
+    h.set_up(vx.index).unwrap();
+    h.add_addr(vx.index, net("10.244.1.0/32")).unwrap();
+
+    let mac = parse_mac("aa:bb:cc:dd:ee:01").unwrap();
+    h.replace_neigh(vx.index, ip("10.244.2.0"), mac).unwrap();
+    h.replace_fdb(vx.index, mac, ip("192.0.2.12")).unwrap();
+    let route = Route::new(net("10.244.2.0/24"))
+        .via(ip("10.244.2.0"))
+        .dev(vx.index)
+        .onlink();
+    h.replace_route(&route).unwrap();
+
+    let neighs = h.neighs(Some(vx.index)).unwrap();
+    assert!(neighs
+        .iter()
+        .any(|n| n.ip == ip("10.244.2.0") && n.mac == Some(mac) && n.permanent));
+    let fdb = h.fdb(Some(vx.index)).unwrap();
+    assert!(
+        fdb.iter()
+            .any(|f| f.mac == mac && f.dst == Some(ip("192.0.2.12"))),
+        "{fdb:?}"
+    );
+    let shown = ip_json(&["route", "show", "10.244.2.0/24"]);
+    assert_eq!(shown[0]["gateway"], "10.244.2.0", "{shown}");
+    assert!(
+        shown[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "onlink"),
+        "{shown}"
+    );
+
+    h.del_fdb(vx.index, mac, Some(ip("192.0.2.12"))).unwrap();
+    h.del_neigh(vx.index, ip("10.244.2.0")).unwrap();
+    assert!(h
+        .del_neigh(vx.index, ip("10.244.2.0"))
+        .unwrap_err()
+        .is_not_found());
+    assert!(!h.fdb(Some(vx.index)).unwrap().iter().any(|f| f.mac == mac));
+}
+
+#[test]
+fn batch_programs_and_reports_each_request() {
+    let _ns = fresh_netns();
+    let mut h = Handle::new().unwrap();
+    let lo = h.link("lo").unwrap().unwrap();
+    h.set_up(lo.index).unwrap();
+    h.add_addr(lo.index, net("192.0.2.11/32")).unwrap();
+    h.add_vxlan(&VxlanSpec {
+        name: "vx0".into(),
+        vni: 7,
+        port: 8472,
+        local: Some(Ipv4Addr::new(192, 0, 2, 11)),
+        link: Some(lo.index),
+        mtu: None,
+        mac: None,
+        learning: false,
+    })
+    .unwrap();
+    let vx = h.link("vx0").unwrap().unwrap();
+    h.set_up(vx.index).unwrap();
+
+    let peers = 600u32; // more than two chunks
+    let mut batch = Batch::new();
+    for i in 0..peers {
+        let (hi, lo_) = ((i >> 8) as u8, i as u8);
+        let mac = [0x0a, 0x58, 0, 0, hi, lo_];
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 100 + hi, lo_, 0));
+        batch.replace_neigh(vx.index, gw, mac);
+        batch.replace_fdb(
+            vx.index,
+            mac,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 3 + hi, lo_)),
+        );
+        let dst = IpNet::new(gw, 24).unwrap();
+        batch.replace_route(&Route::new(dst).via(gw).dev(vx.index).onlink());
+    }
+    // One bad request in the middle fails alone.
+    batch.del_route(&Route::new(net("10.99.0.0/24")).dev(vx.index));
+    let results = h.run(batch);
+    assert_eq!(results.len(), peers as usize * 3 + 1);
+    let failed: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].1.as_ref().unwrap_err().is_not_found());
+    assert!(failed[0]
+        .1
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("delete route 10.99.0.0/24"));
+
+    let routes = h.routes(false).unwrap();
+    assert_eq!(
+        routes
+            .iter()
+            .filter(|r| r.oif == Some(vx.index) && r.onlink)
+            .count(),
+        peers as usize
+    );
+    let neighs = h.neighs(Some(vx.index)).unwrap();
+    assert_eq!(
+        neighs
+            .iter()
+            .filter(|n| n.ip.is_ipv4() && n.permanent)
+            .count(),
+        peers as usize
+    );
+    assert_eq!(
+        h.fdb(Some(vx.index))
+            .unwrap()
+            .iter()
+            .filter(|f| f.dst.is_some())
+            .count(),
+        peers as usize
+    );
+}
+
+#[test]
+fn monitor_sees_deletions() {
+    let _ns = fresh_netns();
+    let mut h = Handle::new().unwrap();
+    let mut monitor = Monitor::new().unwrap();
+    h.add_bridge("br-m", None).unwrap();
+    let br = h.link("br-m").unwrap().unwrap();
+    h.del_link(br.index).unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&Event::Link {
+        index: br.index,
+        deleted: true,
+    }) {
+        seen.extend(monitor.recv().unwrap());
+        assert!(seen.len() < 100, "{seen:?}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_netns_is_refused() {
+    let err = Netns::open(std::path::Path::new("/etc/hostname"))
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("not a namespace file"), "{err}");
+    let err = Netns::open(std::path::Path::new("/proc/self/ns/uts"))
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("not a network namespace"), "{err}");
+    assert!(Netns::open(std::path::Path::new("/proc/self/ns/net")).is_ok());
+}

@@ -17,7 +17,9 @@ pub struct Addr {
 }
 
 impl Handle {
-    /// Adds (or refreshes) `net` on link `index`.
+    /// Adds (or refreshes) `net` on link `index`; an IPv4 address gets its
+    /// subnet's broadcast address too, as `ip addr add … brd +` and the
+    /// reference plugins give it.
     pub fn add_addr(&mut self, index: u32, net: IpNet) -> Result<()> {
         let msg = addr_msg(index, net);
         self.request(
@@ -50,6 +52,12 @@ fn addr_msg(index: u32, net: IpNet) -> AddressMessage {
     // point-to-point). iproute2 sets both; the kernel needs LOCAL for IPv4.
     msg.attributes.push(AddressAttribute::Local(net.addr()));
     msg.attributes.push(AddressAttribute::Address(net.addr()));
+    if let IpNet::V4(v4) = net {
+        if v4.prefix_len() < 31 {
+            msg.attributes
+                .push(AddressAttribute::Broadcast(v4.broadcast()));
+        }
+    }
     msg
 }
 

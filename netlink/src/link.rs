@@ -63,9 +63,55 @@ pub struct VethSpec<'a> {
     pub name: String,
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
+    /// Makes the local end a port of this bridge at creation.
+    pub master: Option<u32>,
+    /// Brings the local end up at creation. (The peer stays down: a veth
+    /// end cannot be up before its pair is complete, and the peer is
+    /// configured in its namespace before it goes up.)
+    pub up: bool,
     pub peer_name: String,
     pub peer_netns: &'a Netns,
     pub peer_mac: Option<Mac>,
+}
+
+/// A link named by index or by name: the kernel accepts either, so no
+/// lookup is needed when only the name is known.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkRef<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
+impl From<u32> for LinkRef<'_> {
+    fn from(index: u32) -> Self {
+        LinkRef::Index(index)
+    }
+}
+
+impl<'a> From<&'a str> for LinkRef<'a> {
+    fn from(name: &'a str) -> Self {
+        LinkRef::Name(name)
+    }
+}
+
+impl std::fmt::Display for LinkRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkRef::Index(i) => write!(f, "{i}"),
+            LinkRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl LinkRef<'_> {
+    fn message(self) -> LinkMessage {
+        let mut msg = LinkMessage::default();
+        match self {
+            LinkRef::Index(i) => msg.header.index = i,
+            LinkRef::Name(n) => msg.attributes.push(LinkAttribute::IfName(n.to_string())),
+        }
+        msg
+    }
 }
 
 impl Handle {
@@ -102,12 +148,19 @@ impl Handle {
         self.create_link(msg, name)
     }
 
-    /// Creates the pair; the host end stays here, down.
+    /// Creates the pair in one request: the local end here (a bridge port
+    /// and up if the spec says so), the peer in its namespace.
     pub fn add_veth(&mut self, spec: &VethSpec) -> Result<()> {
-        let mut peer = new_link_msg(&spec.peer_name, spec.mtu, spec.peer_mac);
+        let mut peer = veth_end_msg(&spec.peer_name, spec.mtu, spec.peer_mac);
         peer.attributes
             .push(LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()));
-        let mut msg = new_link_msg(&spec.name, spec.mtu, spec.mac);
+        let mut msg = veth_end_msg(&spec.name, spec.mtu, spec.mac);
+        msg.attributes
+            .extend(spec.master.map(LinkAttribute::Controller));
+        if spec.up {
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+        }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -137,11 +190,10 @@ impl Handle {
     }
 
     /// Deleting one end of a veth removes both.
-    pub fn del_link(&mut self, index: u32) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        self.request(RouteNetlinkMessage::DelLink(msg), 0)
-            .map_err(|e| e.context(format!("delete link {index}")))
+    pub fn del_link<'a>(&mut self, link: impl Into<LinkRef<'a>>) -> Result<()> {
+        let link = link.into();
+        self.request(RouteNetlinkMessage::DelLink(link.message()), 0)
+            .map_err(|e| e.context(format!("delete link {link}")))
     }
 
     pub fn set_up(&mut self, index: u32) -> Result<()> {
@@ -176,19 +228,18 @@ impl Handle {
 
     /// Hairpin mode of a bridge port: lets a pod reach itself through a
     /// service address that the node NATs back to it.
-    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<()> {
+    pub fn set_hairpin<'a>(&mut self, port: impl Into<LinkRef<'a>>, on: bool) -> Result<()> {
+        let port = port.into();
         // A port's options are set as the bridge's "slave data" of the port.
+        let data = InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)]);
         let info = vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                on,
-            )])),
+            LinkInfo::PortData(data),
         ];
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
+        let mut msg = port.message();
         msg.attributes.push(LinkAttribute::LinkInfo(info));
         self.request(RouteNetlinkMessage::NewLink(msg), 0)
-            .map_err(|e| e.context(format!("set hairpin on link {index}")))
+            .map_err(|e| e.context(format!("set hairpin on link {port}")))
     }
 
     fn set_attr(&mut self, index: u32, attr: LinkAttribute, what: &str) -> Result<()> {
@@ -205,11 +256,21 @@ impl Handle {
 }
 
 fn new_link_msg(name: &str, mtu: Option<u32>, mac: Option<Mac>) -> LinkMessage {
-    let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let mut msg = LinkRef::Name(name).message();
     msg.attributes.extend(mtu.map(LinkAttribute::Mtu));
     msg.attributes
         .extend(mac.map(|m| LinkAttribute::Address(m.to_vec())));
+    msg
+}
+
+/// One veth end. The queue counts are given explicitly: without them the
+/// kernel allocates one queue per CPU and then cuts the device down to one
+/// active queue, which waits for an RCU grace period per end (a pod's veth
+/// uses a single queue either way).
+fn veth_end_msg(name: &str, mtu: Option<u32>, mac: Option<Mac>) -> LinkMessage {
+    let mut msg = new_link_msg(name, mtu, mac);
+    msg.attributes.push(LinkAttribute::NumTxQueues(1));
+    msg.attributes.push(LinkAttribute::NumRxQueues(1));
     msg
 }
 

@@ -50,7 +50,7 @@ impl Handle {
         Ok(Handle {
             sock,
             seq: 0,
-            buf: vec![0; RECV_BUF],
+            buf: Vec::with_capacity(RECV_BUF),
         })
     }
 
@@ -171,12 +171,18 @@ impl Handle {
         }
     }
 
+    /// Receives one datagram into `buf`. The buffer is never zero-filled:
+    /// its pages are touched only as far as the kernel writes.
     fn recv_raw(&mut self) -> Result<usize> {
+        let fd = self.sock.as_raw_fd();
+        self.buf.clear();
         loop {
-            let fd = self.sock.as_raw_fd();
-            // SAFETY: the buffer is valid for writes of its whole length.
-            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: the spare capacity is valid for writes of its length.
+            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
             if n >= 0 {
+                // SAFETY: the kernel initialised the first `n` bytes.
+                unsafe { self.buf.set_len(n as usize) };
                 return Ok(n as usize);
             }
             let err = std::io::Error::last_os_error();

@@ -64,6 +64,8 @@ fn bridge_veth_addresses_and_routes() {
         name: "veth-t".into(),
         mtu: Some(1400),
         mac: None,
+        master: None,
+        up: false,
         peer_name: "eth0".into(),
         peer_netns: &pod,
         peer_mac: parse_mac("0a:58:0a:f4:01:02"),

@@ -1,0 +1,37 @@
+//! The VXLAN datapath.
+//!
+//! Design note (the scheme is flannel's, so mixed clusters interoperate):
+//! every node has one VXLAN device `flannel.<VNI>` with `nolearning`, bound
+//! to its public interface and carrying `<own subnet>.0/32`. A remote
+//! node's subnet is reached by
+//!
+//! ```text
+//! neighbour  <peer subnet>.0 lladdr <peer VtepMAC> permanent   (no ARP needed)
+//! fdb        <peer VtepMAC> dst <peer PublicIP> self permanent (where to tunnel)
+//! route      <peer subnet> via <peer subnet>.0 dev flannel.N onlink
+//! ```
+//!
+//! A packet to a pod on that node takes the route, resolves the gateway
+//! through the static neighbour to the peer's VTEP MAC, and the FDB maps
+//! that MAC to the peer's public address as the outer destination.
+//!
+//! Unlike flannel, which applies lease events one by one, the
+//! [`reconciler`] computes the whole desired state from the leases, dumps
+//! the kernel's actual state, and applies the difference in netlink
+//! batches ([`plan`]). Lease events, kernel change notifications and a
+//! timer all just trigger another pass, so a missed event or an entry
+//! deleted by someone else is repaired, and a restart changes nothing that
+//! is already right.
+
+pub mod datapath;
+pub mod device;
+pub mod plan;
+pub mod reconciler;
+
+pub use datapath::{Datapath, KernelDatapath, Op};
+pub use device::DeviceSpec;
+pub use plan::{plan, Actual, Desired};
+pub use reconciler::{Reconciler, Shared, Update};
+
+#[cfg(test)]
+pub mod fake;

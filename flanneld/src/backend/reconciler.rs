@@ -1,0 +1,219 @@
+//! The reconciler thread: the single owner of the datapath.
+//!
+//! It keeps the latest target (device + peers), and on every trigger (a new
+//! target, a kernel change notification, or the resync timer) runs one
+//! pass: ensure the device, dump neighbours/FDB/routes, apply the
+//! difference in one netlink batch. Triggers that arrive during a pass are
+//! coalesced into the next one.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+use subnet_env::SubnetEnv;
+
+use super::plan::{gateway, plan, Actual, Desired};
+use super::{device, Datapath, DeviceSpec, Op};
+use crate::lease::Peer;
+use crate::metrics::Metrics;
+
+/// After a kernel notification, wait this long for the rest of a burst
+/// (a deleted device takes all its routes and neighbours with it).
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// What the datapath should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub device: DeviceSpec,
+    pub cluster: Ipv4Net,
+    pub peers: Vec<Peer>,
+    /// Written (atomically) once the datapath is in place.
+    pub subnet_env: SubnetEnv,
+    pub subnet_file: PathBuf,
+}
+
+pub enum Update {
+    Target(Box<Target>),
+    /// Something changed in the kernel: check.
+    Nudge,
+    Stop,
+}
+
+/// State shared with the other threads.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub metrics: Metrics,
+    /// Index of the VXLAN device, for filtering kernel notifications.
+    pub device_index: AtomicU32,
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub index: u32,
+    pub ops: usize,
+    pub failed: usize,
+    /// Peers touched by a failed operation.
+    pub broken_peers: usize,
+}
+
+pub struct Reconciler<D> {
+    dp: D,
+    target: Option<Target>,
+    written: Option<SubnetEnv>,
+    shared: Arc<Shared>,
+    resync: Duration,
+}
+
+impl<D: Datapath> Reconciler<D> {
+    pub fn new(dp: D, shared: Arc<Shared>, resync: Duration) -> Self {
+        Reconciler {
+            dp,
+            target: None,
+            written: None,
+            shared,
+            resync,
+        }
+    }
+
+    /// Runs until `Stop` or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Update>) {
+        loop {
+            let mut stop = match rx.recv_timeout(self.resync) {
+                Ok(u) => self.take(u),
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            std::thread::sleep(SETTLE.min(self.resync));
+            while let Ok(u) = rx.try_recv() {
+                stop |= self.take(u);
+            }
+            if stop {
+                return;
+            }
+            self.pass();
+        }
+    }
+
+    /// Records an update; true for `Stop`.
+    fn take(&mut self, u: Update) -> bool {
+        match u {
+            Update::Target(t) => self.target = Some(*t),
+            Update::Nudge => {}
+            Update::Stop => return true,
+        }
+        false
+    }
+
+    /// One reconcile pass with logging and metrics.
+    pub fn pass(&mut self) {
+        let Some(target) = self.target.clone() else {
+            return;
+        };
+        let m = &self.shared.metrics;
+        let start = Instant::now();
+        let result = reconcile(&mut self.dp, &target);
+        let us = start.elapsed().as_micros() as u64;
+        Metrics::add(&m.reconcile_runs, 1);
+        Metrics::add(&m.reconcile_seconds_sum_us, us);
+        m.reconcile_last_us.store(us, Relaxed);
+        m.peers.store(target.peers.len() as u64, Relaxed);
+        if result.as_ref().is_ok_and(|p| p.ops > 0) {
+            crate::util::trim_heap();
+        }
+        match result {
+            Ok(p) => self.after_pass(&target, &p),
+            Err(e) => {
+                Metrics::add(&m.reconcile_errors, 1);
+                crate::error!("reconcile failed (retrying): {e}");
+            }
+        }
+    }
+
+    fn after_pass(&mut self, target: &Target, p: &Pass) {
+        let m = &self.shared.metrics;
+        self.shared.device_index.store(p.index, Relaxed);
+        Metrics::add(&m.reconcile_ops, p.ops as u64);
+        m.peers_programmed
+            .store((target.peers.len() - p.broken_peers) as u64, Relaxed);
+        if p.failed > 0 {
+            Metrics::add(&m.reconcile_errors, 1);
+        } else if p.ops > 0 {
+            crate::info!(
+                "datapath: {} changes applied, {} peers",
+                p.ops,
+                target.peers.len()
+            );
+        }
+        if self.written.as_ref() != Some(&target.subnet_env) {
+            match target.subnet_env.write(&target.subnet_file) {
+                Ok(()) => {
+                    crate::info!("wrote {}", target.subnet_file.display());
+                    self.written = Some(target.subnet_env.clone());
+                    m.ready.store(true, Relaxed);
+                }
+                Err(e) => crate::error!("{e} (retrying)"),
+            }
+        }
+    }
+}
+
+/// Brings the kernel to `target`: device first, then the per-peer entries.
+pub fn reconcile<D: Datapath>(dp: &mut D, target: &Target) -> flannel_netlink::Result<Pass> {
+    let index = device::ensure(dp, &target.device)?;
+    let actual = Actual {
+        neighs: dp.neighs(index)?,
+        fdb: dp.fdb(index)?,
+        routes: dp.routes()?,
+    };
+    let desired = Desired {
+        index,
+        cluster: target.cluster,
+        peers: &target.peers,
+    };
+    let ops = plan(&desired, &actual);
+    let results = if ops.is_empty() {
+        Vec::new()
+    } else {
+        dp.apply(index, &ops)
+    };
+    let mut broken = HashSet::new();
+    let mut failed = 0;
+    for (op, r) in ops.iter().zip(&results) {
+        if let Err(e) = r {
+            failed += 1;
+            crate::warn!("{e}");
+            broken.extend(peer_of(op, &target.peers));
+        }
+    }
+    Ok(Pass {
+        index,
+        ops: ops.len(),
+        failed,
+        broken_peers: broken.len(),
+    })
+}
+
+/// The peer an operation was for, if any.
+fn peer_of(op: &Op, peers: &[Peer]) -> Option<Ipv4Net> {
+    peers
+        .iter()
+        .find(|p| match op {
+            Op::ReplaceNeigh { ip, .. } => *ip == gateway(p),
+            Op::ReplaceFdb { mac, .. } => *mac == p.vtep_mac,
+            Op::ReplaceRoute(r) => r.dst == IpNet::V4(p.subnet),
+            Op::DelNeigh { ip } => *ip == IpAddr::V4(gateway(p)),
+            Op::DelFdb { mac, .. } => *mac == p.vtep_mac,
+            Op::DelRoute(r) => r.dst == IpNet::V4(p.subnet),
+        })
+        .map(|p| p.subnet)
+}
+
+#[cfg(test)]
+#[path = "reconciler_tests.rs"]
+mod tests;

@@ -1,0 +1,34 @@
+//! Subnet leases in flannel's etcd schema.
+//!
+//! A lease is the key `<prefix>/subnets/10.244.3.0-24` holding
+//! `{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan",
+//! "BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`, attached to an
+//! etcd lease of 24 h (a key without an etcd lease is a permanent
+//! reservation). The byte layout matches what flannel's Go code marshals, so
+//! both daemons can share one cluster.
+
+mod attrs;
+pub mod etcd;
+mod manager;
+#[cfg(test)]
+pub mod memory;
+mod peers;
+mod store;
+
+pub use attrs::{format_mac, parse_mac, subnet_from_key, subnet_key, LeaseAttrs, VxlanData};
+pub use manager::{acquire, renew, LeaseError, LeaseRequest, Origin, OwnLease, Renewal, LEASE_TTL};
+pub use peers::{Peer, PeerSet, SkipReason};
+pub use store::{
+    Clock, Event, EventKind, LeaseStore, Listing, Record, StoreError, SystemClock, WatchItem,
+    WatchStream,
+};
+
+/// The etcd key prefix under which leases live: `<prefix>/subnets/`.
+pub fn subnets_prefix(prefix: &str) -> String {
+    format!("{}/subnets/", prefix.trim_end_matches('/'))
+}
+
+/// The key of the network config: `<prefix>/config`.
+pub fn config_key(prefix: &str) -> String {
+    format!("{}/config", prefix.trim_end_matches('/'))
+}

@@ -1,0 +1,380 @@
+//! Masquerade and forward rules, with flannel's chains and semantics so a
+//! node migrated from flannel keeps its rules (they are simply taken over).
+//!
+//! * `nat FLANNEL-POSTRTG`, jumped to from `POSTROUTING` (with `--ip-masq`):
+//!   no NAT for kube-proxy-marked packets or inside the cluster network,
+//!   MASQUERADE from the cluster to outside (except multicast) and from
+//!   outside into the cluster.
+//! * `filter FLANNEL-FWD`, jumped to from `FORWARD` (with
+//!   `--iptables-forward-rules`): ACCEPT to and from the cluster network.
+//!   It lives in the filter table because nothing else can override a
+//!   FORWARD DROP policy (Docker sets one).
+//!
+//! Each check reads the rules with one `iptables-save`; only when our
+//! chains or jumps differ is one `iptables-restore --noflush` batch sent,
+//! which rewrites our two chains whole (so rules for a previous subnet go)
+//! and touches no other chain.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::backend::Shared;
+use crate::metrics::Metrics;
+
+const POSTRTG: &str = "FLANNEL-POSTRTG";
+const FWD: &str = "FLANNEL-FWD";
+/// kube-proxy marks packets it wants masqueraded itself.
+const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        cmd: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed: {stderr}")]
+    Failed { cmd: &'static str, stderr: String },
+}
+
+/// What the rules are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub cluster: Ipv4Net,
+    pub subnet: Ipv4Net,
+    pub masq: bool,
+    pub forward: bool,
+}
+
+pub enum FirewallUpdate {
+    Rules(Rules),
+    Stop,
+}
+
+/// The rules of our chain, as `iptables-save` prints them.
+pub fn masq_rules(cluster: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<String> {
+    let c = "-m comment --comment \"flanneld masq\"";
+    let rf = if random_fully { " --random-fully" } else { "" };
+    vec![
+        format!("-A {POSTRTG} -m mark --mark {KUBE_PROXY_MARK} {c} -j RETURN"),
+        format!("-A {POSTRTG} -s {subnet} -d {cluster} {c} -j RETURN"),
+        format!("-A {POSTRTG} -s {cluster} -d {subnet} {c} -j RETURN"),
+        format!("-A {POSTRTG} ! -s {cluster} -d {subnet} {c} -j RETURN"),
+        format!("-A {POSTRTG} -s {cluster} ! -d 224.0.0.0/4 {c} -j MASQUERADE{rf}"),
+        format!("-A {POSTRTG} ! -s {cluster} -d {cluster} {c} -j MASQUERADE{rf}"),
+    ]
+}
+
+pub fn forward_rules(cluster: Ipv4Net) -> Vec<String> {
+    let c = "-m comment --comment \"flanneld forward\"";
+    vec![
+        format!("-A {FWD} -s {cluster} {c} -j ACCEPT"),
+        format!("-A {FWD} -d {cluster} {c} -j ACCEPT"),
+    ]
+}
+
+fn masq_jump() -> String {
+    format!("-A POSTROUTING -m comment --comment \"flanneld masq\" -j {POSTRTG}")
+}
+
+fn forward_jump() -> String {
+    format!("-A FORWARD -m comment --comment \"flanneld forward\" -j {FWD}")
+}
+
+/// One of our chains as found in (or wanted in) a table.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChainState {
+    pub exists: bool,
+    pub rules: Vec<String>,
+    /// How many jump rules from the built-in chain point at it.
+    pub jumps: usize,
+}
+
+/// Reads our chain `chain` (jumped to by `jump`) from `iptables-save` output.
+pub fn read_chain(save: &str, table: &str, chain: &str, jump: &str) -> ChainState {
+    let mut state = ChainState::default();
+    let mut in_table = false;
+    let decl = format!(":{chain} ");
+    let prefix = format!("-A {chain} ");
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            in_table = t == table;
+        } else if in_table && line.starts_with(&decl) {
+            state.exists = true;
+        } else if in_table && line.starts_with(&prefix) {
+            state.rules.push(line.to_owned());
+        } else if in_table && line == jump {
+            state.jumps += 1;
+        }
+    }
+    state
+}
+
+/// The `iptables-restore --noflush` text that turns `have` into `want`
+/// (`None`: the chain should not exist); empty when nothing is to do.
+pub fn restore_text(
+    table: &str,
+    chain: &str,
+    jump: &str,
+    have: &ChainState,
+    want: Option<&[String]>,
+) -> String {
+    let mut out = String::new();
+    match want {
+        Some(rules) if !(have.exists && have.rules == rules && have.jumps == 1) => {
+            // Declaring a chain under --noflush creates it or flushes it.
+            out += &format!(":{chain} - [0:0]\n");
+            for r in rules {
+                out += &format!("{r}\n");
+            }
+            for _ in 1..have.jumps {
+                out += &format!("{}\n", jump.replacen("-A ", "-D ", 1));
+            }
+            if have.jumps == 0 {
+                out += &format!("{jump}\n");
+            }
+        }
+        None if have.exists => {
+            for _ in 0..have.jumps {
+                out += &format!("{}\n", jump.replacen("-A ", "-D ", 1));
+            }
+            out += &format!(":{chain} - [0:0]\n-X {chain}\n");
+        }
+        _ => {}
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("*{table}\n{out}COMMIT\n")
+}
+
+/// Keeps the rules in place; runs on its own thread.
+pub struct Firewall {
+    rules: Option<Rules>,
+    random_fully: bool,
+    shared: Arc<Shared>,
+    resync: Duration,
+}
+
+impl Firewall {
+    pub fn new(shared: Arc<Shared>, resync: Duration) -> Self {
+        Firewall {
+            rules: None,
+            random_fully: true,
+            shared,
+            resync,
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<FirewallUpdate>) {
+        loop {
+            match rx.recv_timeout(self.resync) {
+                Ok(FirewallUpdate::Rules(r)) => self.rules = Some(r),
+                Ok(FirewallUpdate::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(rules) = self.rules.clone() {
+                // With both rule sets off, one successful pass (removing
+                // chains a previous run left) is all there is to do.
+                if self.check(&rules) && !rules.masq && !rules.forward {
+                    self.rules = None;
+                }
+            }
+        }
+    }
+
+    /// One resync with logging and metrics; true when it succeeded.
+    fn check(&mut self, rules: &Rules) -> bool {
+        let shared = self.shared.clone();
+        Metrics::add(&shared.metrics.firewall_syncs, 1);
+        match self.sync(rules) {
+            Ok(_) => true,
+            Err(e) => {
+                Metrics::add(&shared.metrics.firewall_errors, 1);
+                crate::error!("firewall rules: {e} (retrying)");
+                false
+            }
+        }
+    }
+
+    /// One check: read, compare, and write only what differs.
+    pub fn sync(&mut self, rules: &Rules) -> Result<bool, FirewallError> {
+        let save = run("iptables-save", &[], None)?;
+        let text = self.text(&save, rules);
+        if text.is_empty() {
+            return Ok(false);
+        }
+        match run("iptables-restore", &["--noflush"], Some(&text)) {
+            Err(FirewallError::Failed { .. }) if self.random_fully && rules.masq => {
+                // Older iptables lack --random-fully: masquerade without it.
+                self.random_fully = false;
+                let text = self.text(&save, rules);
+                run("iptables-restore", &["--noflush"], Some(&text))?;
+            }
+            other => {
+                other?;
+            }
+        }
+        crate::info!(
+            "firewall rules updated for {} (subnet {})",
+            rules.cluster,
+            rules.subnet
+        );
+        Ok(true)
+    }
+
+    fn text(&self, save: &str, r: &Rules) -> String {
+        let masq = read_chain(save, "nat", POSTRTG, &masq_jump());
+        let fwd = read_chain(save, "filter", FWD, &forward_jump());
+        let want_masq = r
+            .masq
+            .then(|| masq_rules(r.cluster, r.subnet, self.random_fully));
+        let want_fwd = r.forward.then(|| forward_rules(r.cluster));
+        restore_text("nat", POSTRTG, &masq_jump(), &masq, want_masq.as_deref())
+            + &restore_text("filter", FWD, &forward_jump(), &fwd, want_fwd.as_deref())
+    }
+}
+
+fn run(cmd: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| FirewallError::Spawn { cmd, source })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| FirewallError::Spawn { cmd, source })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| FirewallError::Spawn { cmd, source })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        return Err(FirewallError::Failed { cmd, stderr });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets() -> (Ipv4Net, Ipv4Net) {
+        (
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn rules_are_flannels() {
+        let (c, s) = nets();
+        let r = masq_rules(c, s, true);
+        assert_eq!(r[0], "-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN");
+        assert_eq!(r[4], "-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully");
+        assert_eq!(
+            forward_rules(c)[1],
+            "-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn nothing_to_do_when_rules_match() {
+        let (c, s) = nets();
+        let save = format!(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n:FLANNEL-POSTRTG - [0:0]\n{}\n{}\nCOMMIT\n*filter\n:FLANNEL-FWD - [0:0]\n{}\n{}\nCOMMIT\n",
+            masq_jump(),
+            masq_rules(c, s, true).join("\n"),
+            forward_jump(),
+            forward_rules(c).join("\n")
+        );
+        let fw = Firewall::new(Arc::new(Shared::default()), Duration::from_secs(5));
+        assert_eq!(
+            fw.text(
+                &save,
+                &Rules {
+                    cluster: c,
+                    subnet: s,
+                    masq: true,
+                    forward: true
+                }
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn old_subnet_rules_are_replaced_and_others_untouched() {
+        let (c, s) = nets();
+        let old: Ipv4Net = "10.244.9.0/24".parse().unwrap();
+        let save = format!(
+            "*nat\n:FLANNEL-POSTRTG - [0:0]\n-A POSTROUTING -j OTHER\n{}\n{}\nCOMMIT\n",
+            masq_jump(),
+            masq_rules(c, old, true).join("\n")
+        );
+        let fw = Firewall::new(Arc::new(Shared::default()), Duration::from_secs(5));
+        let text = fw.text(
+            &save,
+            &Rules {
+                cluster: c,
+                subnet: s,
+                masq: true,
+                forward: false,
+            },
+        );
+        let expected = format!(
+            "*nat\n:FLANNEL-POSTRTG - [0:0]\n{}\nCOMMIT\n",
+            masq_rules(c, s, true).join("\n")
+        );
+        assert_eq!(text, expected);
+        assert!(!text.contains("OTHER") && !text.contains("10.244.9.0"));
+    }
+
+    #[test]
+    fn missing_jump_added_duplicates_removed_disabled_chain_deleted() {
+        let (c, _) = nets();
+        let have = ChainState {
+            exists: true,
+            rules: forward_rules(c),
+            jumps: 0,
+        };
+        let t = restore_text(
+            "filter",
+            FWD,
+            &forward_jump(),
+            &have,
+            Some(&forward_rules(c)),
+        );
+        assert!(t.ends_with(&format!("{}\nCOMMIT\n", forward_jump())), "{t}");
+        let have = ChainState { jumps: 3, ..have };
+        let t = restore_text(
+            "filter",
+            FWD,
+            &forward_jump(),
+            &have,
+            Some(&forward_rules(c)),
+        );
+        assert_eq!(t.matches("-D FORWARD").count(), 2, "{t}");
+        let t = restore_text("filter", FWD, &forward_jump(), &have, None);
+        assert!(
+            t.contains("-X FLANNEL-FWD") && t.matches("-D FORWARD").count() == 3,
+            "{t}"
+        );
+        assert_eq!(
+            restore_text("filter", FWD, &forward_jump(), &ChainState::default(), None),
+            ""
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Helpers for flanneld's root tests: one node of a harness cluster, and
+//! what a user would look at on it (`ip -j`, `bridge -j`, etcd).
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use harness::{Cluster, ClusterOpts, Node};
+use serde_json::Value;
+
+pub const PREFIX: &str = "/coreos.com/network";
+
+/// A one-node cluster (etcd on the underlay, flanneld in `node1`).
+pub fn one_node(opts: ClusterOpts) -> Cluster {
+    Cluster::new(1, opts)
+}
+
+pub fn lease_key(subnet: &str) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+pub fn lease_json(public_ip: &str, vni: u32, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+/// Whether `node` has the neighbour, FDB entry and route for a peer.
+pub fn peer_entries(node: &Node, subnet: &str, mac: &str, public_ip: &str) -> (bool, bool, bool) {
+    let dev = node.vxlan_dev();
+    let gw = subnet.split('/').next().unwrap().to_string();
+    let ns = node.netns();
+    // Deleted (and not yet rebuilt): nothing is programmed.
+    if !ns
+        .exec(&["ip", "link", "show", "dev", &dev])
+        .status
+        .success()
+    {
+        return (false, false, false);
+    }
+    let neigh = ns.ip_json(&["neigh", "show", "dev", &dev]);
+    let has_neigh = arr(&neigh)
+        .iter()
+        .any(|n| n["dst"] == gw.as_str() && n["lladdr"] == mac && has_state(n, "PERMANENT"));
+    let fdb = ns.bridge_json(&["fdb", "show", "dev", &dev]);
+    let has_fdb = arr(&fdb)
+        .iter()
+        .any(|f| f["mac"] == mac && f["dst"] == public_ip && has_flag(f, "self"));
+    let routes = ns.ip_json(&["route", "show", subnet]);
+    let has_route = arr(&routes).iter().any(|r| {
+        r["dst"] == subnet
+            && r["gateway"] == gw.as_str()
+            && r["dev"] == dev.as_str()
+            && has_flag(r, "onlink")
+    });
+    (has_neigh, has_fdb, has_route)
+}
+
+pub fn arr(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn has_state(n: &Value, state: &str) -> bool {
+    arr(&n["state"]).iter().any(|s| s == state)
+}
+
+fn has_flag(v: &Value, flag: &str) -> bool {
+    arr(&v["flags"]).iter().any(|s| s == flag)
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes; returns how
+/// long it took, or `None`.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The MAC of `dev` in the node.
+pub fn link_mac(node: &Node, dev: &str) -> String {
+    let links = node.netns().ip_json(&["link", "show", dev]);
+    links[0]["address"].as_str().unwrap().to_string()
+}
+
+pub fn link_index(node: &Node, dev: &str) -> u64 {
+    let links = node.netns().ip_json(&["link", "show", dev]);
+    links[0]["ifindex"].as_u64().unwrap()
+}
+
+/// A metric's value from `/metrics`.
+pub fn metric(node: &Node, name: &str) -> f64 {
+    let reply = node.http_get("/metrics").expect("metrics answer");
+    reply
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in {}", reply.body))
+        .parse()
+        .unwrap()
+}

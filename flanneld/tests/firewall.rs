@@ -1,0 +1,166 @@
+//! Root test of the masquerade/forward rules (flannel's chains), read back
+//! with `iptables-save` inside the node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use harness::{ClusterOpts, Node};
+
+fn save(node: &Node) -> String {
+    node.netns().sh(&["iptables-save"])
+}
+
+/// The `-A CHAIN` lines of `chain`, in order.
+fn chain(save: &str, chain: &str) -> Vec<String> {
+    let prefix = format!("-A {chain} ");
+    save.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn expected_masq(subnet: &str) -> Vec<String> {
+    let c = "-m comment --comment \"flanneld masq\"";
+    let n = "10.244.0.0/16";
+    vec![
+        format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {subnet} -d {n} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {n} -d {subnet} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully"),
+        format!("-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
+    ]
+}
+
+const MASQ_JUMP: &str = "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG";
+const FWD_JUMP: &str = "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD";
+
+fn rules_in_place(node: &Node) -> bool {
+    let s = save(node);
+    chain(&s, "FLANNEL-POSTRTG") == expected_masq(&node.subnet())
+        && chain(&s, "POSTROUTING")
+            .iter()
+            .filter(|l| *l == MASQ_JUMP)
+            .count()
+            == 1
+        && chain(&s, "FLANNEL-FWD").len() == 2
+        && chain(&s, "FORWARD")
+            .iter()
+            .filter(|l| *l == FWD_JUMP)
+            .count()
+            == 1
+}
+
+#[test]
+fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
+    let opts = ClusterOpts::default()
+        .flanneld_arg("--ip-masq")
+        .flanneld_arg("--iptables-resync=1");
+    let mut cluster = one_node(opts);
+    let node = cluster.node(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || rules_in_place(node)).is_some(),
+        "{}",
+        save(node)
+    );
+    assert_eq!(
+        chain(&save(node), "FLANNEL-FWD"),
+        [
+            "-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT",
+            "-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"
+        ]
+    );
+    assert!(node.subnet_env().ipmasq);
+    // Resyncs every second change nothing that is right.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        node.flanneld_log()
+            .matches("firewall rules updated")
+            .count(),
+        1,
+        "{}",
+        node.flanneld_log()
+    );
+
+    // Someone else's rules, a stale rule for another subnet in our chain,
+    // a duplicate jump: ours are fixed, theirs stay.
+    let node = cluster.node_mut(0);
+    node.stop_flanneld();
+    let ns = node.netns();
+    ns.sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.9.9.0/24",
+        "-j",
+        "MASQUERADE",
+    ]);
+    ns.sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "FLANNEL-POSTRTG",
+        "-s",
+        "10.244.99.0/24",
+        "-j",
+        "RETURN",
+    ]);
+    ns.sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld masq",
+        "-j",
+        "FLANNEL-POSTRTG",
+    ]);
+    ns.sh(&[
+        "iptables",
+        "-t",
+        "filter",
+        "-D",
+        "FLANNEL-FWD",
+        "-d",
+        "10.244.0.0/16",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld forward",
+        "-j",
+        "ACCEPT",
+    ]);
+    node.start_flanneld();
+    node.wait_ready();
+    let node = cluster.node(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || rules_in_place(node)).is_some(),
+        "{}",
+        save(node)
+    );
+    let s = save(node);
+    assert!(!s.contains("10.244.99.0/24"), "{s}");
+    assert!(
+        chain(&s, "POSTROUTING")
+            .contains(&"-A POSTROUTING -s 10.9.9.0/24 -j MASQUERADE".to_string()),
+        "{s}"
+    );
+
+    // Deleted by hand: back at the next resync.
+    node.netns()
+        .sh(&["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+    assert!(
+        wait_for(Duration::from_secs(3), || rules_in_place(node)).is_some(),
+        "{}",
+        save(node)
+    );
+}

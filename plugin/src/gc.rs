@@ -1,0 +1,106 @@
+//! GC and STATUS (CNI 1.1).
+
+use std::collections::HashSet;
+
+use flannel_netlink::Handle;
+use subnet_env::SubnetEnv;
+
+use crate::config::NetConf;
+use crate::error::{Error, Result};
+use crate::ipam::{Allocation, Store};
+use crate::spec::{code, CniError};
+use crate::wiring::host_veth_name;
+use crate::{masq, scratch};
+
+fn require_1_1(conf: &NetConf, verb: &'static str) -> Result<()> {
+    if conf.version.allows_status_and_gc() {
+        Ok(())
+    } else {
+        Err(Error::VerbNotInVersion {
+            version: conf.version.as_str(),
+            verb,
+        })
+    }
+}
+
+/// STATUS: ready once flanneld has written a readable subnet.env.
+pub fn status(conf: &NetConf) -> std::result::Result<(), CniError> {
+    require_1_1(conf, "STATUS").map_err(|e| e.to_cni())?;
+    SubnetEnv::read(&conf.subnet_file).map(|_| ()).map_err(|e| {
+        CniError::new(code::NOT_AVAILABLE, "flannel is not ready").with_details(e.to_string())
+    })
+}
+
+/// GC: releases every allocation of this network that is not a valid
+/// attachment, with its veth, masquerade rules and saved config.
+pub fn gc(conf: &NetConf) -> Result<()> {
+    require_1_1(conf, "GC")?;
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or(Error::NoAttachments)?;
+    let keep: HashSet<(String, String)> = valid.iter().cloned().collect();
+    let store_dir = conf.store_dir()?;
+    if !store_dir.exists() {
+        return Ok(());
+    }
+    let released = Store::open(&store_dir)?.lock()?.release_all_except(&keep)?;
+    if released.is_empty() {
+        return Ok(());
+    }
+    let mut first_error = remove_veths(&released, &keep).err();
+    let kept_ids: HashSet<&str> = keep.iter().map(|(id, _)| id.as_str()).collect();
+    let gone: Vec<&str> = released
+        .iter()
+        .map(|a| a.container_id.as_str())
+        .filter(|id| !kept_ids.contains(id))
+        .collect();
+    if let Err(e) = remove_masq(conf, &gone) {
+        first_error.get_or_insert(e);
+    }
+    for id in gone {
+        if let Err(e) = scratch::remove(&conf.data_dir, id) {
+            first_error.get_or_insert(e.into());
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes the masquerade chains of the released containers. When the
+/// config does not say whether pods were masqueraded, only best effort.
+fn remove_masq(conf: &NetConf, gone: &[&str]) -> Result<()> {
+    let senv = SubnetEnv::read(&conf.subnet_file).ok();
+    let ip_masq = conf.ip_masq(senv.as_ref())?;
+    if ip_masq == Some(false) || gone.is_empty() {
+        return Ok(());
+    }
+    match masq::teardown(&conf.name, gone) {
+        Err(e) if ip_masq == Some(true) => Err(e.into()),
+        Err(e) => {
+            eprintln!("GC: masquerade rules not checked: {e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Deletes the host veths of released attachments, except a name that a
+/// kept attachment also derives (a hash clash): that one is in use.
+fn remove_veths(released: &[Allocation], keep: &HashSet<(String, String)>) -> Result<()> {
+    let in_use: HashSet<String> = keep
+        .iter()
+        .map(|(id, ifn)| host_veth_name(id, ifn))
+        .collect();
+    let mut host = Handle::new()?;
+    for a in released {
+        let name = host_veth_name(&a.container_id, &a.ifname);
+        if in_use.contains(&name) {
+            continue;
+        }
+        match host.del_link(name.as_str()) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The kernel side of an attachment: bridge, veth pair, pod address and
+//! routes, all through the netlink crate.
+//!
+//! Checks come first ([`inspect_bridge`]), so a call that is going to be
+//! refused is refused before anything changes. The host veth name is
+//! derived from the attachment ([`host_veth_name`]), so DEL, GC and
+//! flanneld's status find it without the pod's namespace.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use flannel_netlink::{Handle, Link, Mac, Netns, Route as KRoute, VethSpec};
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::BridgeConf;
+use crate::error::{Error, Result};
+use crate::spec::Route;
+
+/// The loopback device's index, the same in every network namespace.
+const LO_INDEX: u32 = 1;
+
+/// The host end's name: `veth` + 8 hex digits of the FNV-1a hash of
+/// `containerID \0 ifname`. Stable, so it can be found again from the
+/// attachment alone; 15 bytes at most, as Linux requires.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    let bytes = container_id.bytes().chain([0]).chain(ifname.bytes());
+    for b in bytes {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("veth{hash:08x}")
+}
+
+/// What ADD has to do to the bridge, decided before any change.
+pub struct BridgePlan {
+    /// The bridge as it is, `None` when it has to be created.
+    pub existing: Option<Link>,
+    /// IPv4 addresses to remove first (other addresses, `forceAddress`).
+    pub stale: Vec<IpNet>,
+    /// Whether the gateway address must be added.
+    pub add_gateway: bool,
+}
+
+/// The gateway address as the bridge carries it, e.g. 10.244.3.1/24.
+pub fn gateway_v4(conf: &BridgeConf) -> Ipv4Net {
+    Ipv4Net::new(conf.gateway(), conf.subnet.prefix_len()).expect("prefix of a net")
+}
+
+pub fn gateway_net(conf: &BridgeConf) -> IpNet {
+    IpNet::V4(gateway_v4(conf))
+}
+
+/// Looks at the bridge and refuses what the bridge plugin refuses: a link
+/// of that name that is not a bridge, or (as gateway) another IPv4 address
+/// on it without `forceAddress`.
+pub fn inspect_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<BridgePlan> {
+    let existing = host.link(&conf.bridge)?;
+    let Some(link) = existing.as_ref() else {
+        return Ok(BridgePlan {
+            existing,
+            stale: Vec::new(),
+            add_gateway: conf.is_gateway,
+        });
+    };
+    if link.kind.as_deref() != Some("bridge") {
+        return Err(Error::NotABridge {
+            bridge: conf.bridge.clone(),
+        });
+    }
+    let want = gateway_net(conf);
+    let mut plan = BridgePlan {
+        existing: existing.clone(),
+        stale: Vec::new(),
+        add_gateway: false,
+    };
+    if !conf.is_gateway {
+        return Ok(plan);
+    }
+    let v4: Vec<IpNet> = host
+        .addrs(Some(link.index))?
+        .into_iter()
+        .map(|a| a.net)
+        .filter(|n| matches!(n, IpNet::V4(_)))
+        .collect();
+    plan.add_gateway = !v4.contains(&want);
+    plan.stale = v4.into_iter().filter(|n| *n != want).collect();
+    if !plan.stale.is_empty() && !conf.force_address {
+        return Err(Error::BridgeAddress {
+            bridge: conf.bridge.clone(),
+            want: want.to_string(),
+        });
+    }
+    Ok(plan)
+}
+
+/// Creates or fixes the bridge as planned; returns it (index and MAC).
+pub fn apply_bridge(host: &mut Handle, conf: &BridgeConf, plan: BridgePlan) -> Result<Link> {
+    let link = match plan.existing {
+        Some(link) => link,
+        None => create_bridge(host, conf)?,
+    };
+    for net in plan.stale {
+        match host.del_addr(link.index, net) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    if plan.add_gateway {
+        host.add_addr(link.index, gateway_v4(conf).into())?;
+    }
+    if !link.up {
+        host.set_up(link.index)?;
+    }
+    if conf.promisc && !link.promisc {
+        host.set_promisc(link.index, true)?;
+    }
+    Ok(link)
+}
+
+/// Creates the bridge, tolerating a concurrent ADD that created it first.
+fn create_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Link> {
+    match host.add_bridge(&conf.bridge, Some(conf.mtu)) {
+        Err(e) if !e.is_exists() => return Err(e.into()),
+        _ => {}
+    }
+    let mut link = host.link(&conf.bridge)?.ok_or_else(|| Error::NotABridge {
+        bridge: conf.bridge.clone(),
+    })?;
+    // A bridge takes the lowest MAC of its ports unless its MAC was set
+    // explicitly: pin it, so it does not change as pods come and go.
+    if let Some(mac) = link.mac {
+        host.set_mac(link.index, mac)?;
+    }
+    link.up = false;
+    Ok(link)
+}
+
+/// The two ends of a freshly made veth pair.
+pub struct Veth {
+    pub host_name: String,
+    pub host_mac: Mac,
+    pub pod_index: u32,
+    pub pod_mac: Mac,
+}
+
+/// Creates the pair: host end up on the bridge, pod end created directly in
+/// the pod's namespace under its final name, both with the bridge's MTU.
+pub fn create_veth(
+    host: &mut Handle,
+    pod: &mut Handle,
+    pod_ns: &Netns,
+    conf: &BridgeConf,
+    bridge: u32,
+    names: (&str, &str),
+) -> Result<Veth> {
+    let (host_name, ifname) = names;
+    let (host_mac, pod_mac) = (random_mac()?, random_mac()?);
+    let spec = VethSpec {
+        name: host_name.to_string(),
+        mtu: Some(conf.mtu),
+        mac: Some(host_mac),
+        master: Some(bridge),
+        up: true,
+        peer_name: ifname.to_string(),
+        peer_netns: pod_ns,
+        peer_mac: Some(pod_mac),
+    };
+    match host.add_veth(&spec) {
+        Err(e) if e.is_exists() => return Err(Error::HostVethExists(host_name.to_string())),
+        other => other?,
+    }
+    let pod_link = pod
+        .link(ifname)?
+        .ok_or_else(|| Error::IfnameExists(ifname.to_string()))?;
+    Ok(Veth {
+        host_name: host_name.to_string(),
+        host_mac,
+        pod_index: pod_link.index,
+        pod_mac,
+    })
+}
+
+/// Hairpin lets a pod reach itself through a service address.
+pub fn set_hairpin(host: &mut Handle, conf: &BridgeConf, host_name: &str) -> Result<()> {
+    if conf.hairpin {
+        host.set_hairpin(host_name, true)?;
+    }
+    Ok(())
+}
+
+/// Address, link and `lo` up, and routes inside the pod (routes in one
+/// batch, after the link is up: a route needs its device up).
+pub fn configure_pod(
+    pod: &mut Handle,
+    index: u32,
+    addr: Ipv4Net,
+    gateway: Ipv4Addr,
+    routes: &[Route],
+) -> Result<()> {
+    pod.add_addr(index, addr.into())?;
+    pod.set_up(index)?;
+    pod.set_up(LO_INDEX)?;
+    let mut batch = flannel_netlink::Batch::new();
+    for r in routes {
+        let gw = r.gw.unwrap_or(IpAddr::V4(gateway));
+        batch.add_route(&KRoute::new(r.dst).via(gw).dev(index));
+    }
+    for result in pod.run(batch) {
+        result?;
+    }
+    Ok(())
+}
+
+/// Lets the node forward between the bridge and the rest (the plugin runs
+/// in the node's namespace, and this setting is per namespace).
+pub fn enable_ip_forward() -> Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read(PATH).is_ok_and(|v| v.first() == Some(&b'1')) {
+        return Ok(());
+    }
+    std::fs::write(PATH, b"1").map_err(|source| Error::Io {
+        what: format!("enable {PATH}"),
+        source,
+    })
+}
+
+/// A random locally administered unicast MAC, as the kernel would pick:
+/// choosing it here saves asking the kernel for it afterwards.
+fn random_mac() -> Result<Mac> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(Error::Io {
+            what: "getrandom".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_and_short() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_eq!(a.len(), 12);
+        assert!(a.starts_with("veth"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        // The separator keeps ("ab", "c…") apart from ("a", "bc…").
+        assert_ne!(host_veth_name("ab", "ceth"), host_veth_name("a", "bceth"));
+        // FNV-1a of the lone separator byte.
+        assert_eq!(host_veth_name("", ""), "veth050c5d1f");
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast() {
+        for _ in 0..32 {
+            let mac = random_mac().unwrap();
+            assert_eq!(mac[0] & 0x03, 0x02);
+        }
+    }
+}

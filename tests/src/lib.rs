@@ -1,0 +1,37 @@
+//! Multi-node test harness.
+//!
+//! Nodes are network namespaces on one machine: an underlay namespace holds a
+//! bridge, every node is a namespace with an `eth0` veth into that bridge, a
+//! real etcd runs on the underlay, and flanneld and the CNI plugin run inside
+//! each node. Everything a test creates is named uniquely (see [`unique`]) and
+//! removed by `Drop` guards, pass or fail.
+//!
+//! The building blocks ([`Netns`], [`Proc`], [`TempDir`], [`Etcd`]) are usable
+//! on their own, e.g. by a crate's root integration tests; [`Cluster`] puts
+//! them together.
+
+mod base64;
+mod check;
+mod cluster;
+mod cmd;
+mod etcd;
+pub mod http;
+mod netns;
+mod node;
+mod pod;
+mod proc;
+mod subnet_env;
+mod tempdir;
+
+pub use check::{ping_matrix, udp_source_seen, PingResult};
+pub use cluster::{
+    sweep_stale, teardown, Cluster, ClusterOpts, External, KeptCluster, KEPT_STATE, UNDERLAY_IP,
+};
+pub use cmd::{bin_path, run, sh, unique};
+pub use etcd::{Etcd, EtcdError, Kv};
+pub use netns::{run_in_netns, Netns};
+pub use node::{Node, HEALTHZ_PORT};
+pub use pod::{result_ip, CniExec, Pod};
+pub use proc::{let_children_outlive_us, Proc};
+pub use subnet_env::{network_of, split_cidr, SubnetEnv};
+pub use tempdir::TempDir;

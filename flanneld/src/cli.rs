@@ -51,7 +51,7 @@ const fn spec(name: &'static str, kind: Kind, default: &'static str, help: &'sta
     }
 }
 
-/// Every flag, with the default shown by `--help` and documented in OPTIONS.md.
+/// Every flag, with the default shown by `--help` and documented in README.md.
 const SPECS: &[Spec] = &[
     spec(
         "etcd-endpoints",

@@ -15,12 +15,13 @@
 //! which rewrites our two chains whole (so rules for a previous subnet go)
 //! and touches no other chain.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
+// The plugin crate's iptables runner: both binaries drive the firewall
+// the same way.
+use flannel::iptables::{restore, save, IptablesError};
 use ipnet::Ipv4Net;
 
 use crate::backend::Shared;
@@ -30,17 +31,6 @@ const POSTRTG: &str = "FLANNEL-POSTRTG";
 const FWD: &str = "FLANNEL-FWD";
 /// kube-proxy marks packets it wants masqueraded itself.
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
-
-#[derive(Debug, thiserror::Error)]
-pub enum FirewallError {
-    #[error("cannot run {cmd}: {source}")]
-    Spawn {
-        cmd: &'static str,
-        source: std::io::Error,
-    },
-    #[error("{cmd} failed: {stderr}")]
-    Failed { cmd: &'static str, stderr: String },
-}
 
 /// What the rules are for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,18 +193,18 @@ impl Firewall {
     }
 
     /// One check: read, compare, and write only what differs.
-    pub fn sync(&mut self, rules: &Rules) -> Result<bool, FirewallError> {
-        let save = run("iptables-save", &[], None)?;
+    pub fn sync(&mut self, rules: &Rules) -> Result<bool, IptablesError> {
+        let save = save(None)?;
         let text = self.text(&save, rules);
         if text.is_empty() {
             return Ok(false);
         }
-        match run("iptables-restore", &["--noflush"], Some(&text)) {
-            Err(FirewallError::Failed { .. }) if self.random_fully && rules.masq => {
+        match restore(&text) {
+            Err(IptablesError::Failed { .. }) if self.random_fully && rules.masq => {
                 // Older iptables lack --random-fully: masquerade without it.
                 self.random_fully = false;
                 let text = self.text(&save, rules);
-                run("iptables-restore", &["--noflush"], Some(&text))?;
+                restore(&text)?;
             }
             other => {
                 other?;
@@ -238,33 +228,6 @@ impl Firewall {
         restore_text("nat", POSTRTG, &masq_jump(), &masq, want_masq.as_deref())
             + &restore_text("filter", FWD, &forward_jump(), &fwd, want_fwd.as_deref())
     }
-}
-
-fn run(cmd: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| FirewallError::Spawn { cmd, source })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| FirewallError::Spawn { cmd, source })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| FirewallError::Spawn { cmd, source })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        return Err(FirewallError::Failed { cmd, stderr });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

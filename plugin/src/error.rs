@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::config::ConfigError;
 use crate::env::EnvError;
 use crate::ipam::IpamError;
-use crate::masq::MasqError;
+use crate::iptables::IptablesError;
 use crate::scratch::ScratchError;
 use crate::spec::{code, CniError};
 
@@ -20,7 +20,7 @@ pub enum Error {
     #[error(transparent)]
     Scratch(#[from] ScratchError),
     #[error(transparent)]
-    Masq(#[from] MasqError),
+    Masq(#[from] IptablesError),
     #[error(transparent)]
     Netlink(#[from] flannel_netlink::Error),
     #[error(transparent)]

@@ -16,6 +16,7 @@ pub mod env;
 pub mod error;
 pub mod gc;
 pub mod ipam;
+pub mod iptables;
 pub mod masq;
 pub mod scratch;
 pub mod spec;

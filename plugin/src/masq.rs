@@ -10,22 +10,11 @@
 //! shell). Removal first reads `iptables-save -t nat` and deletes exactly
 //! the rules found, so it succeeds whatever is (or is not) left.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 
-#[derive(Debug, thiserror::Error)]
-pub enum MasqError {
-    #[error("cannot run {tool}: {source}")]
-    Spawn {
-        tool: &'static str,
-        source: std::io::Error,
-    },
-    #[error("{tool} failed: {stderr}")]
-    Failed { tool: &'static str, stderr: String },
-}
+use crate::iptables::{restore, save, IptablesError};
 
 /// The chain of one attachment, as libcni's `FormatChainName`.
 pub fn chain_name(network: &str, container_id: &str) -> String {
@@ -40,7 +29,7 @@ fn comment(network: &str, container_id: &str) -> String {
 }
 
 /// Adds the pod's chain and its POSTROUTING jump.
-pub fn setup(network: &str, container_id: &str, addr: Ipv4Net) -> Result<(), MasqError> {
+pub fn setup(network: &str, container_id: &str, addr: Ipv4Net) -> Result<(), IptablesError> {
     let chain = chain_name(network, container_id);
     let c = comment(network, container_id);
     let batch = format!(
@@ -57,8 +46,8 @@ pub fn setup(network: &str, container_id: &str, addr: Ipv4Net) -> Result<(), Mas
 
 /// Removes the chains (and their jumps) of these containers; what is
 /// already gone is skipped. One read, and at most one write.
-pub fn teardown(network: &str, container_ids: &[&str]) -> Result<(), MasqError> {
-    let saved = run("iptables-save", &["-t", "nat"], None)?;
+pub fn teardown(network: &str, container_ids: &[&str]) -> Result<(), IptablesError> {
+    let saved = save(Some("nat"))?;
     let chains: Vec<String> = container_ids
         .iter()
         .map(|id| chain_name(network, id))
@@ -95,41 +84,13 @@ fn teardown_batch(saved: &str, chains: &[String]) -> Option<String> {
 }
 
 /// Whether the pod's jump rule is in place (for CHECK).
-pub fn is_set_up(network: &str, container_id: &str, ip: Ipv4Addr) -> Result<bool, MasqError> {
-    let saved = run("iptables-save", &["-t", "nat"], None)?;
+pub fn is_set_up(network: &str, container_id: &str, ip: Ipv4Addr) -> Result<bool, IptablesError> {
+    let saved = save(Some("nat"))?;
     let jump = format!("-A POSTROUTING -s {ip}/32 ");
     let chain = chain_name(network, container_id);
     Ok(saved
         .lines()
         .any(|l| l.starts_with(&jump) && l.ends_with(&format!(" -j {chain}"))))
-}
-
-fn restore(batch: &str) -> Result<(), MasqError> {
-    run("iptables-restore", &["--noflush", "--wait"], Some(batch)).map(|_| ())
-}
-
-fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, MasqError> {
-    let spawn = |source| MasqError::Spawn { tool, source };
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(spawn)?;
-    }
-    let out = child.wait_with_output().map_err(spawn)?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(MasqError::Failed { tool, stderr });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// SHA-512 (FIPS 180-4): only chain names need it, so a small local

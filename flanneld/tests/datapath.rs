@@ -6,11 +6,30 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use harness::ClusterOpts;
+use harness::{ClusterOpts, Node};
 
 const PEER_SUBNET: &str = "10.244.200.0/24";
 const PEER_MAC: &str = "02:aa:bb:cc:dd:01";
 const PEER_IP: &str = "192.0.2.99";
+
+/// The peer lease of `PEER_SUBNET` with this MAC and public IP has its
+/// neighbour, FDB entry and route in `node`.
+fn programmed(node: &Node, mac: &str, ip: &str) -> bool {
+    peer_entries(node, PEER_SUBNET, mac, ip) == (true, true, true)
+}
+
+/// Waits up to `timeout` for the peer lease (`PEER_MAC`, `PEER_IP`) to be
+/// programmed; panics naming `what` with the entries present and
+/// flanneld's log.
+fn assert_programmed_within(node: &Node, timeout: Duration, what: &str) {
+    let done = wait_for(timeout, || programmed(node, PEER_MAC, PEER_IP));
+    assert!(
+        done.is_some(),
+        "{what}: not all in place within {timeout:?}: {:?}\n{}",
+        peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP),
+        node.flanneld_log()
+    );
+}
 
 #[test]
 fn lease_is_flannels_json_key_and_ttl() {
@@ -51,15 +70,7 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
     let node = cluster.node(0);
     let key = lease_key(PEER_SUBNET);
     cluster.etcd().put(&key, &lease_json(PEER_IP, 1, PEER_MAC));
-    let all = wait_for(Duration::from_secs(5), || {
-        peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP) == (true, true, true)
-    });
-    assert!(
-        all.is_some(),
-        "{:?}\n{}",
-        peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP),
-        node.flanneld_log()
-    );
+    assert_programmed_within(node, Duration::from_secs(5), "peer lease");
     assert!(wait_for(Duration::from_secs(2), || metric(
         node,
         "flanneld_peers_programmed"
@@ -70,8 +81,7 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
     let (mac2, ip2) = ("02:aa:bb:cc:dd:02", "192.0.2.98");
     cluster.etcd().put(&key, &lease_json(ip2, 1, mac2));
     let moved = wait_for(Duration::from_secs(5), || {
-        peer_entries(node, PEER_SUBNET, mac2, ip2) == (true, true, true)
-            && !peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP).1
+        programmed(node, mac2, ip2) && !peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP).1
     });
     assert!(
         moved.is_some(),
@@ -98,13 +108,7 @@ fn entries_deleted_by_hand_come_back_within_a_second() {
     cluster
         .etcd()
         .put(&lease_key(PEER_SUBNET), &lease_json(PEER_IP, 1, PEER_MAC));
-    assert!(wait_for(Duration::from_secs(5), || peer_entries(
-        node,
-        PEER_SUBNET,
-        PEER_MAC,
-        PEER_IP
-    ) == (true, true, true))
-    .is_some());
+    assert_programmed_within(node, Duration::from_secs(5), "peer lease");
     let ns = node.netns();
     let cases: [(&str, Vec<&str>); 3] = [
         ("route", vec!["ip", "route", "del", PEER_SUBNET]),
@@ -129,13 +133,10 @@ fn entries_deleted_by_hand_come_back_within_a_second() {
     ];
     for (what, cmd) in cases {
         ns.sh(&cmd);
-        let back = wait_for(Duration::from_secs(1), || {
-            peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP) == (true, true, true)
-        });
-        assert!(
-            back.is_some(),
-            "{what} not restored within 1 s: {:?}",
-            peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP)
+        assert_programmed_within(
+            node,
+            Duration::from_secs(1),
+            &format!("{what} deleted by hand"),
         );
     }
     // The whole device.
@@ -144,7 +145,7 @@ fn entries_deleted_by_hand_come_back_within_a_second() {
         ns.exec(&["ip", "link", "show", "dev", "flannel.1"])
             .status
             .success()
-            && peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP) == (true, true, true)
+            && programmed(node, PEER_MAC, PEER_IP)
     });
     assert!(
         back.is_some(),
@@ -168,13 +169,7 @@ fn malformed_and_foreign_leases_are_skipped() {
         &lease_json("192.0.2.96", 1, "02:aa:bb:cc:dd:06"),
     );
     etcd.put(&lease_key(PEER_SUBNET), &lease_json(PEER_IP, 1, PEER_MAC));
-    assert!(wait_for(Duration::from_secs(5), || peer_entries(
-        node,
-        PEER_SUBNET,
-        PEER_MAC,
-        PEER_IP
-    ) == (true, true, true))
-    .is_some());
+    assert_programmed_within(node, Duration::from_secs(5), "the good lease");
     let routes = node.netns().ip_json(&["route", "show", "dev", "flannel.1"]);
     assert_eq!(
         arr(&routes).len(),

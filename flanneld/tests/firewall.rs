@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use harness::{ClusterOpts, Node};
+use harness::{ClusterOpts, Netns, Node};
 
 fn save(node: &Node) -> String {
     node.netns().sh(&["iptables-save"])
@@ -53,6 +53,27 @@ fn rules_in_place(node: &Node) -> bool {
             == 1
 }
 
+/// Waits up to `timeout` for all of flanneld's rules; panics with the
+/// ruleset when they are not in place.
+fn assert_rules_in_place_within(node: &Node, timeout: Duration) {
+    let done = wait_for(timeout, || rules_in_place(node));
+    assert!(done.is_some(), "{}", save(node));
+}
+
+/// Runs `iptables -t TABLE RULE` in `ns`, `rule` written as `iptables-save`
+/// prints it (split on spaces, a `"..."` is one argument).
+fn iptables(ns: &Netns, table: &str, rule: &str) {
+    let mut args = vec!["iptables", "-t", table];
+    for (i, part) in rule.split('"').enumerate() {
+        if i % 2 == 1 {
+            args.push(part);
+        } else {
+            args.extend(part.split_whitespace());
+        }
+    }
+    ns.sh(&args);
+}
+
 #[test]
 fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
     let opts = ClusterOpts::default()
@@ -60,11 +81,7 @@ fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
         .flanneld_arg("--iptables-resync=1");
     let mut cluster = one_node(opts);
     let node = cluster.node(0);
-    assert!(
-        wait_for(Duration::from_secs(5), || rules_in_place(node)).is_some(),
-        "{}",
-        save(node)
-    );
+    assert_rules_in_place_within(node, Duration::from_secs(5));
     assert_eq!(
         chain(&save(node), "FLANNEL-FWD"),
         [
@@ -89,64 +106,18 @@ fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
     let node = cluster.node_mut(0);
     node.stop_flanneld();
     let ns = node.netns();
-    ns.sh(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-s",
-        "10.9.9.0/24",
-        "-j",
-        "MASQUERADE",
-    ]);
-    ns.sh(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "FLANNEL-POSTRTG",
-        "-s",
-        "10.244.99.0/24",
-        "-j",
-        "RETURN",
-    ]);
-    ns.sh(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-m",
-        "comment",
-        "--comment",
-        "flanneld masq",
-        "-j",
-        "FLANNEL-POSTRTG",
-    ]);
-    ns.sh(&[
-        "iptables",
-        "-t",
+    iptables(ns, "nat", "-A POSTROUTING -s 10.9.9.0/24 -j MASQUERADE");
+    iptables(ns, "nat", "-A FLANNEL-POSTRTG -s 10.244.99.0/24 -j RETURN");
+    iptables(ns, "nat", MASQ_JUMP); // a second, duplicate jump
+    iptables(
+        ns,
         "filter",
-        "-D",
-        "FLANNEL-FWD",
-        "-d",
-        "10.244.0.0/16",
-        "-m",
-        "comment",
-        "--comment",
-        "flanneld forward",
-        "-j",
-        "ACCEPT",
-    ]);
+        "-D FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT",
+    );
     node.start_flanneld();
     node.wait_ready();
     let node = cluster.node(0);
-    assert!(
-        wait_for(Duration::from_secs(5), || rules_in_place(node)).is_some(),
-        "{}",
-        save(node)
-    );
+    assert_rules_in_place_within(node, Duration::from_secs(5));
     let s = save(node);
     assert!(!s.contains("10.244.99.0/24"), "{s}");
     assert!(
@@ -158,9 +129,5 @@ fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
     // Deleted by hand: back at the next resync.
     node.netns()
         .sh(&["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
-    assert!(
-        wait_for(Duration::from_secs(3), || rules_in_place(node)).is_some(),
-        "{}",
-        save(node)
-    );
+    assert_rules_in_place_within(node, Duration::from_secs(3));
 }

@@ -2,10 +2,28 @@
 
 mod common;
 
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use harness::ClusterOpts;
+use harness::{ClusterOpts, Node};
+
+/// `flanneld status` run inside `node`, against its files and `etcd`.
+fn status(node: &Node, etcd: &str) -> Output {
+    let subnet_file = node.subnet_file().display().to_string();
+    let ipam = node.dir().join("ipam").display().to_string();
+    let mut cmd = node.netns().cmd(harness::bin_path("flanneld"));
+    cmd.args([
+        "status",
+        "--etcd-endpoints",
+        etcd,
+        "--subnet-file",
+        &subnet_file,
+        "--ipam-dir",
+        &ipam,
+    ]);
+    cmd.output().unwrap()
+}
 
 #[test]
 fn status_shows_lease_peers_programming_and_pods() {
@@ -23,23 +41,7 @@ fn status_shows_lease_peers_programming_and_pods() {
             == (true, true, true))
         .is_some()
     );
-    let subnet_file = node.subnet_file().display().to_string();
-    let ipam = node.dir().join("ipam").display().to_string();
-    let status = |extra: &[&str]| {
-        let mut cmd = node.netns().cmd(harness::bin_path("flanneld"));
-        cmd.args([
-            "status",
-            "--etcd-endpoints",
-            &endpoint,
-            "--subnet-file",
-            &subnet_file,
-            "--ipam-dir",
-            &ipam,
-        ]);
-        cmd.args(extra);
-        cmd.output().unwrap()
-    };
-    let out = status(&[]);
+    let out = status(node, &endpoint);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -80,21 +82,10 @@ fn status_shows_lease_peers_programming_and_pods() {
 
     // With flanneld stopped (nothing repairs it), a missing route is
     // reported, with exit status 3.
-    let (endpoint, subnet_file, ipam) = (endpoint.clone(), subnet_file.clone(), ipam.clone());
     cluster.node_mut(0).stop_flanneld();
     let node = cluster.node(0);
     node.netns().sh(&["ip", "route", "del", peer]);
-    let mut cmd = node.netns().cmd(harness::bin_path("flanneld"));
-    cmd.args([
-        "status",
-        "--etcd-endpoints",
-        &endpoint,
-        "--subnet-file",
-        &subnet_file,
-        "--ipam-dir",
-        &ipam,
-    ]);
-    let out = cmd.output().unwrap();
+    let out = status(node, &endpoint);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(

@@ -37,9 +37,19 @@ fn add_wires_pods_that_reach_the_gateway_and_each_other() {
 
     node.del("pod-a", Some(&a), &conf);
     node.del("pod-b", Some(&b), &conf);
+    assert_no_pods_left(&node);
+}
+
+/// Every pod is gone: no reserved IP, no saved config, and of the links
+/// only `lo` and the bridge (node state, which stays).
+fn assert_no_pods_left(node: &Node) {
     assert_eq!(node.links(), ["lo", "cni0"], "the bridge stays, veths go");
-    assert!(node.allocated().is_empty());
-    assert!(node.saved_configs().is_empty());
+    assert!(node.allocated().is_empty(), "IPs: {:?}", node.allocated());
+    assert!(
+        node.saved_configs().is_empty(),
+        "saved: {:?}",
+        node.saved_configs()
+    );
 }
 
 /// Interfaces, IPs and routes of the result match what `ip` shows.
@@ -125,9 +135,7 @@ fn del_twice_and_without_netns_releases_everything() {
     let out = node.call("DEL", "gone", Some(&path), "eth0", &conf);
     assert_success(&out);
     node.del("gone", None, &conf);
-    assert!(node.allocated().is_empty());
-    assert!(node.saved_configs().is_empty());
-    assert_eq!(node.links(), ["lo", "cni0"]);
+    assert_no_pods_left(&node);
 }
 
 /// DEL reads back the config ADD saved: subnet.env may be gone by then.
@@ -180,9 +188,7 @@ fn parallel_adds_and_dels() {
             s.spawn(move || node.del(&format!("par{i}"), Some(pod), conf));
         }
     });
-    assert!(node.allocated().is_empty());
-    assert_eq!(node.links(), ["lo", "cni0"]);
-    assert!(node.saved_configs().is_empty());
+    assert_no_pods_left(&node);
 }
 
 /// ipMasq (FLANNEL_IPMASQ=false): the pod's masquerade chain comes with

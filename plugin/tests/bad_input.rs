@@ -19,6 +19,23 @@ fn assert_untouched(node: &Node, pod: &Netns, node_links: &[&str], pod_links: &[
     );
 }
 
+/// The CNI environment of an ADD of `id` into `pod` (no CNI_ARGS), for a
+/// case to change or add to.
+fn add_env(id: &str, pod: &Netns) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", "ADD".to_string()),
+        ("CNI_CONTAINERID", id.to_string()),
+        ("CNI_NETNS", pod.path().display().to_string()),
+        ("CNI_IFNAME", "eth0".into()),
+        ("CNI_PATH", "/opt/cni/bin".into()),
+    ]
+}
+
+/// The error document of an ADD of `id` into `pod` that must fail.
+fn refused_add(node: &Node, id: &str, pod: &Netns, conf: &Value) -> Value {
+    error_doc(&node.call("ADD", id, Some(&pod.path()), "eth0", conf))
+}
+
 #[test]
 fn bad_environment_is_code_4() {
     let node = Node::new();
@@ -26,7 +43,6 @@ fn bad_environment_is_code_4() {
     let conf = node.conf("0.3.1").to_string();
     let not_netns = node.dir.join("plain-file");
     std::fs::write(&not_netns, "").unwrap();
-    let pod_path = pod.path().display().to_string();
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
         ("id with space", vec![("CNI_CONTAINERID", "a b".into())]),
         (
@@ -61,13 +77,7 @@ fn bad_environment_is_code_4() {
         ("unknown command", vec![("CNI_COMMAND", "FROB".into())]),
     ];
     for (what, overrides) in cases {
-        let mut env: Vec<(&str, String)> = vec![
-            ("CNI_COMMAND", "ADD".into()),
-            ("CNI_CONTAINERID", "good-id".into()),
-            ("CNI_NETNS", pod_path.clone()),
-            ("CNI_IFNAME", "eth0".into()),
-            ("CNI_PATH", "/opt/cni/bin".into()),
-        ];
+        let mut env = add_env("good-id", &pod);
         for (k, v) in overrides {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
@@ -161,14 +171,7 @@ fn bad_config_is_code_1_6_or_7() {
         ),
     ];
     for (what, stdin, code) in cases {
-        let env = vec![
-            ("CNI_COMMAND", "ADD".to_string()),
-            ("CNI_CONTAINERID", "good-id".into()),
-            ("CNI_NETNS", pod.path().display().to_string()),
-            ("CNI_IFNAME", "eth0".into()),
-            ("CNI_PATH", "/opt/cni/bin".into()),
-        ];
-        let out = node.exec_plugin(PLUGIN, &env, stdin.as_bytes());
+        let out = node.exec_plugin(PLUGIN, &add_env("good-id", &pod), stdin.as_bytes());
         let doc = error_doc(&out);
         assert_eq!(doc["code"], code, "{what}: {doc}");
         assert!(!doc["msg"].as_str().unwrap().is_empty());
@@ -181,16 +184,9 @@ fn bad_config_is_code_1_6_or_7() {
 fn missing_subnet_env_is_try_again_later() {
     let node = Node::without_subnet_env();
     let pod = Netns::new("flpn");
-    let out = node.call(
-        "ADD",
-        "early",
-        Some(&pod.path()),
-        "eth0",
-        &node.conf("0.3.1"),
-    );
-    let doc = error_doc(&out);
+    let doc = refused_add(&node, "early", &pod, &node.conf("0.3.1"));
     assert_eq!(doc["code"], 11, "{doc}");
-    assert!(doc["msg"].as_str().unwrap().contains("subnet.env"), "{doc}");
+    assert_msg_contains(&doc, "subnet.env");
     assert_untouched(&node, &pod, &["lo"], &["lo"]);
 }
 
@@ -202,16 +198,9 @@ fn existing_ifname_is_refused() {
     pod.sh(&[
         "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
     ]);
-    let out = node.call(
-        "ADD",
-        "dup-if",
-        Some(&pod.path()),
-        "eth0",
-        &node.conf("0.3.1"),
-    );
-    let doc = error_doc(&out);
+    let doc = refused_add(&node, "dup-if", &pod, &node.conf("0.3.1"));
     assert_eq!(doc["code"], 102, "{doc}");
-    assert!(doc["msg"].as_str().unwrap().contains("eth0"), "{doc}");
+    assert_msg_contains(&doc, "eth0");
     assert_untouched(&node, &pod, &["lo"], &["lo", "other0", "eth0"]);
 }
 
@@ -224,15 +213,11 @@ fn bridge_with_other_address_needs_force_address() {
     node.ns
         .sh(&["ip", "addr", "add", "10.9.9.1/24", "dev", "cni0"]);
     let mut conf = node.conf("0.3.1");
-    let out = node.call("ADD", "force", Some(&pod.path()), "eth0", &conf);
-    let doc = error_doc(&out);
+    let doc = refused_add(&node, "force", &pod, &conf);
     assert_eq!(doc["code"], 103, "{doc}");
-    assert!(
-        doc["msg"]
-            .as_str()
-            .unwrap()
-            .contains("already has an IP address different from 10.244.3.1/24"),
-        "{doc}"
+    assert_msg_contains(
+        &doc,
+        "already has an IP address different from 10.244.3.1/24",
     );
     assert_untouched(&node, &pod, &["lo", "cni0"], &["lo"]);
     let addrs = node.ns.ip_json(&["-4", "addr", "show", "cni0"]);
@@ -260,8 +245,7 @@ fn exhausted_range_is_a_clear_error() {
     let (a, b) = (Netns::new("flpx"), Netns::new("flpy"));
     let first = node.add("first", &a, &conf);
     assert_eq!(result_ip(&first).to_string(), "10.244.3.2");
-    let out = node.call("ADD", "second", Some(&b.path()), "eth0", &conf);
-    let doc = error_doc(&out);
+    let doc = refused_add(&node, "second", &b, &conf);
     assert_eq!(doc["code"], 101, "{doc}");
     assert_eq!(
         doc["msg"],
@@ -282,22 +266,13 @@ fn failure_after_changes_rolls_back() {
     let node = Node::new();
     node.write_subnet_env(&SUBNET_ENV.replace("IPMASQ=true", "IPMASQ=false"));
     let pod = Netns::new("flpr");
-    let env = vec![
-        ("CNI_COMMAND", "ADD".to_string()),
-        ("CNI_CONTAINERID", "rollback".into()),
-        ("CNI_NETNS", pod.path().display().to_string()),
-        ("CNI_IFNAME", "eth0".into()),
-        ("CNI_PATH", "/opt/cni/bin".into()),
-        ("PATH", "/nonexistent".into()),
-    ];
+    let mut env = add_env("rollback", &pod);
+    env.push(("PATH", "/nonexistent".into()));
     let conf = node.conf("0.3.1").to_string();
     let out = node.exec_plugin(PLUGIN, &env, conf.as_bytes());
     let doc = error_doc(&out);
     assert_eq!(doc["code"], 107, "{doc}");
-    assert!(
-        doc["msg"].as_str().unwrap().contains("iptables-restore"),
-        "{doc}"
-    );
+    assert_msg_contains(&doc, "iptables-restore");
     // The bridge is shared node state and stays; the pod's part is gone.
     assert_untouched(&node, &pod, &["lo", "cni0"], &["lo"]);
 }
@@ -309,17 +284,9 @@ fn requested_address_is_honoured_or_refused() {
     let (a, b) = (Netns::new("flpu"), Netns::new("flpw"));
     let conf = node.conf("1.0.0").to_string();
     let add = |id: &str, pod: &Netns| {
-        let env = vec![
-            ("CNI_COMMAND", "ADD".to_string()),
-            ("CNI_CONTAINERID", id.to_string()),
-            ("CNI_NETNS", pod.path().display().to_string()),
-            ("CNI_IFNAME", "eth0".into()),
-            ("CNI_PATH", "/opt/cni/bin".into()),
-            (
-                "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.3.77".into(),
-            ),
-        ];
+        let mut env = add_env(id, pod);
+        let args = "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.3.77";
+        env.push(("CNI_ARGS", args.into()));
         node.exec_plugin(PLUGIN, &env, conf.as_bytes())
     };
     let result = ok_json(&add("want77", &a));
@@ -341,16 +308,9 @@ fn taken_host_veth_name_is_refused() {
     node.ns.sh(&[
         "ip", "link", "add", &name, "type", "veth", "peer", "name", "clash1",
     ]);
-    let out = node.call(
-        "ADD",
-        "clash",
-        Some(&pod.path()),
-        "eth0",
-        &node.conf("0.3.1"),
-    );
-    let doc = error_doc(&out);
+    let doc = refused_add(&node, "clash", &pod, &node.conf("0.3.1"));
     assert_eq!(doc["code"], 104, "{doc}");
-    assert!(doc["msg"].as_str().unwrap().contains(&name), "{doc}");
+    assert_msg_contains(&doc, &name);
     let mut links = node.links();
     links.sort();
     let mut expected = vec!["clash1".to_string(), "cni0".into(), "lo".into(), name];

@@ -20,52 +20,28 @@ fn check_passes_then_reports_tampering() {
     let pod = Netns::new("flpk");
     let result = node.add("chk", &pod, &conf);
     let check = |c: &Value| node.call("CHECK", "chk", Some(&pod.path()), "eth0", c);
-    let out = check(&with_prev(&conf, &result));
+    // CHECK with `prev` as the recorded result.
+    let check_prev = |prev: &Value| check(&with_prev(&conf, prev));
+    let out = check_prev(&result);
     assert_success(&out);
     assert!(out.stdout.is_empty());
 
     pod.sh(&["ip", "route", "del", "10.244.0.0/16"]);
-    let doc = error_doc(&check(&with_prev(&conf, &result)));
+    let doc = error_doc(&check_prev(&result));
     assert_eq!(doc["code"], 106, "{doc}");
-    let msg = doc["msg"].as_str().unwrap();
-    assert!(
-        msg.contains("route 10.244.0.0/16 via 10.244.3.1 is missing"),
-        "{msg}"
-    );
+    assert_msg_contains(&doc, "route 10.244.0.0/16 via 10.244.3.1 is missing");
 
-    pod.sh(&[
-        "ip",
-        "route",
-        "add",
-        "10.244.0.0/16",
-        "via",
-        "10.244.3.1",
-        "dev",
-        "eth0",
-    ]);
-    assert_success(&check(&with_prev(&conf, &result)));
+    pod.ip("route add 10.244.0.0/16 via 10.244.3.1 dev eth0");
+    assert_success(&check_prev(&result));
     let veth = flannel::host_veth_name("chk", "eth0");
     node.ns.sh(&["ip", "link", "set", &veth, "nomaster"]);
-    let doc = error_doc(&check(&with_prev(&conf, &result)));
-    assert!(
-        doc["msg"]
-            .as_str()
-            .unwrap()
-            .contains("is not on bridge cni0"),
-        "{doc}"
-    );
+    assert_msg_contains(&error_doc(&check_prev(&result)), "is not on bridge cni0");
 
     // A MAC other than the recorded one, and no prevResult at all.
     let mut other = result.clone();
     other["interfaces"][2]["mac"] = json!("02:00:00:00:00:01");
-    let doc = error_doc(&check(&with_prev(&conf, &other)));
-    assert!(
-        doc["msg"]
-            .as_str()
-            .unwrap()
-            .contains("expected 02:00:00:00:00:01"),
-        "{doc}"
-    );
+    let doc = error_doc(&check_prev(&other));
+    assert_msg_contains(&doc, "expected 02:00:00:00:00:01");
     assert_eq!(error_code(&check(&conf)), 7);
     // CHECK does not exist before 0.4.0.
     assert_eq!(

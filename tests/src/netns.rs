@@ -76,6 +76,14 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
     }
 
+    /// One ping (`-c 1 -W 2`) from inside the namespace; true when answered.
+    pub fn ping(&self, ip: impl ToString) -> bool {
+        let ip = ip.to_string();
+        self.exec(&["ping", "-n", "-q", "-c", "1", "-W", "2", &ip])
+            .status
+            .success()
+    }
+
     /// Runs `args` inside the namespace; returns stdout, panics on failure.
     pub fn sh(&self, args: &[&str]) -> String {
         let (program, rest) = args.split_first().expect("sh needs a program");

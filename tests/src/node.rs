@@ -52,7 +52,7 @@ impl Node {
         std::fs::create_dir_all(&spec.dir).expect("node dir");
         let cni = CniExec {
             plugin: crate::bin_path("flannel"),
-            node_netns: netns.name().to_string(),
+            node_netns: netns.path(),
             conf: node_cni_conf(spec.cni_conf, &spec.dir),
         };
         Node {
@@ -266,13 +266,10 @@ impl Node {
         self.pods.iter().position(|p| p.name() == name)
     }
 
-    /// One ping from the node itself (host network); true when answered.
+    /// One ping (`-c 1 -W 2`) from the node itself (host network); true
+    /// when answered.
     pub fn ping(&self, ip: impl ToString) -> bool {
-        let ip = ip.to_string();
-        self.netns
-            .exec(&["ping", "-n", "-q", "-c", "1", "-W", "2", &ip])
-            .status
-            .success()
+        self.netns.ping(ip)
     }
 
     /// Destinations of the node's routes (`ip -j route`), e.g. `10.244.3.0/24`.

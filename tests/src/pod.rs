@@ -1,6 +1,7 @@
 //! Pods: network namespaces wired by executing the CNI plugin the way kubelet
 //! does (environment variables plus the network config on stdin).
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,9 @@ use crate::Netns;
 #[derive(Debug, Clone)]
 pub struct CniExec {
     pub plugin: PathBuf,
-    /// The node namespace the plugin runs in (where `cni0` lives).
-    pub node_netns: String,
+    /// The node namespace the plugin runs in (where `cni0` lives), as a
+    /// path (`/run/netns/NAME`).
+    pub node_netns: PathBuf,
     /// The plugin's stdin: the conflist's plugin entry with `name` and
     /// `cniVersion` filled in, as libcni sends it.
     pub conf: Value,
@@ -44,20 +46,23 @@ impl CniExec {
         ifname: &str,
         conf: &Value,
     ) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_netns])
-            .arg(&self.plugin);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_PATH", self.plugin.parent().expect("plugin has a dir"))
-            .env("CNI_ARGS", kubelet_args(container_id));
+        let cni_path = self.plugin.parent().expect("plugin has a dir");
+        let mut env = vec![
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", container_id.to_string()),
+            ("CNI_IFNAME", ifname.to_string()),
+            ("CNI_PATH", cni_path.display().to_string()),
+            ("CNI_ARGS", kubelet_args(container_id)),
+        ];
         if let Some(netns) = netns {
-            cmd.env("CNI_NETNS", netns);
+            env.push(("CNI_NETNS", netns.display().to_string()));
         }
-        run_with_stdin(&mut cmd, conf.to_string().as_bytes())
+        exec_plugin(
+            &self.node_netns,
+            &self.plugin,
+            &env,
+            conf.to_string().as_bytes(),
+        )
     }
 }
 
@@ -67,6 +72,26 @@ fn kubelet_args(container_id: &str) -> String {
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id};\
          K8S_POD_INFRA_CONTAINER_ID={container_id}"
     )
+}
+
+/// Runs `program` (a CNI plugin) inside the network namespace at
+/// `node_netns` the way a runtime executes it: with exactly `env` plus a
+/// standard `PATH` (which `env` may replace), and `stdin` on its stdin.
+/// Returns its output, failed or not.
+pub fn exec_plugin(
+    node_netns: &Path,
+    program: impl AsRef<OsStr>,
+    env: &[(&str, String)],
+    stdin: &[u8],
+) -> Output {
+    // By path: `env` may give the plugin a PATH without nsenter.
+    let mut cmd = Command::new("/usr/bin/nsenter");
+    cmd.arg(format!("--net={}", node_netns.display()))
+        .arg(program)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    run_with_stdin(&mut cmd, stdin)
 }
 
 fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
@@ -160,11 +185,7 @@ impl Pod {
 
     /// One ping (`-c 1 -W 2`) from inside the pod; true when answered.
     pub fn ping(&self, ip: impl ToString) -> bool {
-        let ip = ip.to_string();
-        self.netns
-            .exec(&["ping", "-n", "-q", "-c", "1", "-W", "2", &ip])
-            .status
-            .success()
+        self.netns.ping(ip)
     }
 
     /// Runs `args` inside the pod; returns its output, failed or not.

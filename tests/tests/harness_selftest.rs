@@ -1,5 +1,6 @@
 //! Self-tests of the harness building blocks: namespaces, processes, etcd.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -32,11 +33,7 @@ fn netns_is_created_with_lo_up_and_removed_with_its_processes() {
     assert!(!netns_listed(&name));
     assert!(!Path::new("/run/netns").join(&name).exists());
     let mut sleeper = sleeper;
-    let status = sleeper.wait().unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
-    );
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
 }
 
 #[test]
@@ -102,22 +99,14 @@ fn proc_captures_output_and_is_stopped_on_drop() {
 #[test]
 fn proc_terminate_reports_exit_and_kill9_kills_stubborn() {
     let mut p = Proc::spawn(Command::new("sh").args(["-c", "exec sleep 600"]));
-    let status = p.terminate();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGTERM)
-    );
+    assert_eq!(p.terminate().signal(), Some(libc::SIGTERM));
     assert!(!p.is_running());
 
     let mut stubborn = Proc::spawn(
         Command::new("sh").args(["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"]),
     );
     std::thread::sleep(Duration::from_millis(200));
-    let status = stubborn.kill9();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
-    );
+    assert_eq!(stubborn.kill9().signal(), Some(libc::SIGKILL));
 }
 
 #[test]
@@ -205,11 +194,7 @@ fn empty_cluster_has_underlay_etcd_and_externals_and_leaves_nothing() {
     assert_eq!(addrs[0]["addr_info"][0]["local"], "192.0.2.201");
     assert_eq!(addrs[0]["mtu"], 1500);
     // The external host reaches the underlay (etcd's address) over the bridge.
-    assert!(ext
-        .netns
-        .exec(&["ping", "-c1", "-W2", "192.0.2.1"])
-        .status
-        .success());
+    assert!(ext.netns.ping("192.0.2.1"));
     let ext_name = ext.netns.name().to_string();
     // Ports joining the underlay bridge never change its (etcd's) MAC.
     cluster.add_external();

@@ -4,12 +4,11 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use harness::{Netns, TempDir};
+use harness::{CniExec, Netns, TempDir};
 use serde_json::{json, Value};
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_flannel");
@@ -69,6 +68,16 @@ impl Node {
         })
     }
 
+    /// The plugin as kubelet's runtime executes it inside this node, with
+    /// `conf` on stdin.
+    pub fn cni(&self, conf: &Value) -> CniExec {
+        CniExec {
+            plugin: PathBuf::from(PLUGIN),
+            node_netns: self.ns.path(),
+            conf: conf.clone(),
+        }
+    }
+
     /// Runs the plugin inside the node with kubelet's environment.
     pub fn call(
         &self,
@@ -78,34 +87,12 @@ impl Node {
         ifname: &str,
         conf: &Value,
     ) -> Output {
-        let mut env = vec![
-            ("CNI_COMMAND", command.to_string()),
-            ("CNI_CONTAINERID", id.to_string()),
-            ("CNI_IFNAME", ifname.to_string()),
-            ("CNI_PATH", "/opt/cni/bin".to_string()),
-            (
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
-            ),
-        ];
-        if let Some(p) = netns {
-            env.push(("CNI_NETNS", p.display().to_string()));
-        }
-        self.exec_plugin(PLUGIN, &env, conf.to_string().as_bytes())
+        self.cni(conf).call(command, id, netns, ifname)
     }
 
     /// Runs `program` in the node with exactly `env` (plus PATH) and stdin.
     pub fn exec_plugin(&self, program: &str, env: &[(&str, String)], stdin: &[u8]) -> Output {
-        // By path: a test may give the plugin a PATH without nsenter.
-        let mut cmd = Command::new("/usr/bin/nsenter");
-        cmd.arg(format!("--net={}", self.ns.path().display()))
-            .arg(program)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        run_with_stdin(&mut cmd, stdin)
+        harness::exec_plugin(&self.ns.path(), program, env, stdin)
     }
 
     /// ADD that must succeed; returns the result document.
@@ -169,17 +156,6 @@ pub fn allocated_in(store: &Path) -> Vec<(Ipv4Addr, String)> {
     out
 }
 
-pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
-}
-
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -221,14 +197,21 @@ pub fn error_doc(out: &Output) -> Value {
     doc
 }
 
+/// Asserts that an error document's `msg` contains `part`.
+pub fn assert_msg_contains(doc: &Value, part: &str) {
+    let msg = doc["msg"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no msg: {doc}"));
+    assert!(msg.contains(part), "{part:?} not in {doc}");
+}
+
 pub fn error_code(out: &Output) -> u64 {
     error_doc(out)["code"].as_u64().unwrap()
 }
 
 /// The pod's IPv4 address from a result.
 pub fn result_ip(result: &Value) -> Ipv4Addr {
-    let addr = result["ips"][0]["address"].as_str().unwrap();
-    addr.split('/').next().unwrap().parse().unwrap()
+    harness::result_ip(result).unwrap_or_else(|| panic!("no IPv4 address in {result}"))
 }
 
 /// Pings `ip` from inside `ns` (a few tries: the first packet may wait on ARP).

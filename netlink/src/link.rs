@@ -139,8 +139,10 @@ impl Handle {
         Ok(replies.into_iter().filter_map(parse_link).collect())
     }
 
-    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
-        let mut msg = new_link_msg(name, mtu, None);
+    /// A bridge given a MAC here keeps it: otherwise the kernel gives it
+    /// the lowest MAC of its ports, which changes as ports come and go.
+    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>, mac: Option<Mac>) -> Result<()> {
+        let mut msg = new_link_msg(name, mtu, mac);
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,

@@ -56,9 +56,11 @@ fn bridge_veth_addresses_and_routes() {
     let pod = fresh_netns();
     let _node = fresh_netns();
     let mut h = Handle::new().unwrap();
-    h.add_bridge("br-t", Some(1400)).unwrap();
+    h.add_bridge("br-t", Some(1400), parse_mac("0a:58:0a:f4:01:01"))
+        .unwrap();
     let br = h.link("br-t").unwrap().expect("bridge exists");
     assert_eq!((br.kind.as_deref(), br.mtu), (Some("bridge"), 1400));
+    assert_eq!(br.mac, parse_mac("0a:58:0a:f4:01:01"));
 
     let spec = VethSpec {
         name: "veth-t".into(),
@@ -78,6 +80,12 @@ fn bridge_veth_addresses_and_routes() {
     h.set_up(br.index).unwrap();
     let host = h.link_by_index(host.index).unwrap().unwrap();
     assert_eq!((host.master, host.up), (Some(br.index), true));
+    let br_mac = h.link("br-t").unwrap().unwrap().mac;
+    assert_eq!(
+        br_mac,
+        parse_mac("0a:58:0a:f4:01:01"),
+        "a port must not change it"
+    );
     let ports = ip_json(&["-d", "link", "show", "veth-t"]);
     assert_eq!(
         ports[0]["linkinfo"]["info_slave_data"]["hairpin"], true,
@@ -282,7 +290,7 @@ fn monitor_sees_deletions() {
     let _ns = fresh_netns();
     let mut h = Handle::new().unwrap();
     let mut monitor = Monitor::new().unwrap();
-    h.add_bridge("br-m", None).unwrap();
+    h.add_bridge("br-m", None, None).unwrap();
     let br = h.link("br-m").unwrap().unwrap();
     h.del_link(br.index).unwrap();
     let mut seen = Vec::new();

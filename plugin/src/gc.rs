@@ -6,11 +6,13 @@ use flannel_netlink::Handle;
 use subnet_env::SubnetEnv;
 
 use crate::config::NetConf;
+use crate::env::validate_container_id;
 use crate::error::{Error, Result};
 use crate::ipam::{Allocation, Store};
+use crate::masq;
+use crate::scratch::{self, ScratchError};
 use crate::spec::{code, CniError};
 use crate::wiring::host_veth_name;
-use crate::{masq, scratch};
 
 fn require_1_1(conf: &NetConf, verb: &'static str) -> Result<()> {
     if conf.version.allows_status_and_gc() {
@@ -32,7 +34,8 @@ pub fn status(conf: &NetConf) -> std::result::Result<(), CniError> {
 }
 
 /// GC: releases every allocation of this network that is not a valid
-/// attachment, with its veth, masquerade rules and saved config.
+/// attachment, with its veth, masquerade rules and saved config, and the
+/// saved configs of containers that are not valid.
 pub fn gc(conf: &NetConf) -> Result<()> {
     require_1_1(conf, "GC")?;
     let valid = conf
@@ -40,16 +43,33 @@ pub fn gc(conf: &NetConf) -> Result<()> {
         .as_ref()
         .ok_or(Error::NoAttachments)?;
     let keep: HashSet<(String, String)> = valid.iter().cloned().collect();
+    let kept_ids: HashSet<&str> = keep.iter().map(|(id, _)| id.as_str()).collect();
+    let mut first_error = release_allocations(conf, &keep, &kept_ids).err();
+    if let Err(e) = remove_unused_saved(conf, &kept_ids) {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Releases the allocations not in `keep`, with their veths, masquerade
+/// rules and saved configs.
+fn release_allocations(
+    conf: &NetConf,
+    keep: &HashSet<(String, String)>,
+    kept_ids: &HashSet<&str>,
+) -> Result<()> {
     let store_dir = conf.store_dir()?;
     if !store_dir.exists() {
         return Ok(());
     }
-    let released = Store::open(&store_dir)?.lock()?.release_all_except(&keep)?;
+    let mut released = Store::open(&store_dir)?.lock()?.release_all_except(keep)?;
+    // A file without an owner (ADD killed before writing it) is released
+    // above and has nothing else: no veth, rules or saved config.
+    released.retain(|a| !a.container_id.is_empty());
     if released.is_empty() {
         return Ok(());
     }
-    let mut first_error = remove_veths(&released, &keep).err();
-    let kept_ids: HashSet<&str> = keep.iter().map(|(id, _)| id.as_str()).collect();
+    let mut first_error = remove_veths(&released, keep).err();
     let gone: Vec<&str> = released
         .iter()
         .map(|a| a.container_id.as_str())
@@ -64,6 +84,30 @@ pub fn gc(conf: &NetConf) -> Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Removes this network's saved configs of containers not kept, also
+/// those no allocation records: ADD saves its config before it reserves
+/// an address, so an ADD killed in between leaves only the config.
+fn remove_unused_saved(conf: &NetConf, kept_ids: &HashSet<&str>) -> Result<()> {
+    for id in scratch::list(&conf.data_dir)? {
+        let unused = !kept_ids.contains(id.as_str()) && validate_container_id(&id).is_ok();
+        if unused && saved_for_network(conf, &id)? {
+            scratch::remove(&conf.data_dir, &id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the saved config of `id` is this network's. One that cannot be
+/// parsed (ADD killed while writing it) is of use to nobody: DEL ignores it.
+fn saved_for_network(conf: &NetConf, id: &str) -> Result<bool> {
+    match scratch::load(&conf.data_dir, id) {
+        Ok(Some(saved)) => Ok(saved.get("name").and_then(|n| n.as_str()) == Some(&conf.name)),
+        Ok(None) => Ok(false),
+        Err(ScratchError::Parse { .. }) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes the masquerade chains of the released containers. When the

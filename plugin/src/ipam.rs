@@ -300,7 +300,10 @@ impl Locked<'_> {
     }
 
     /// Releases what (`id`, `ifname`) holds; files from host-local versions
-    /// without the interface name match on the ID alone. Returns the IPs.
+    /// without the interface name match on the ID alone. Files without an
+    /// owner go too: an ADD killed between creating an IP's file and
+    /// writing its owner leaves it empty, and as both happen under this
+    /// lock, an empty file seen here is nobody's. Returns the IPs.
     pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
         let all = self.store.allocations()?;
         let mut mine: Vec<&Allocation> = all
@@ -313,6 +316,7 @@ impl Locked<'_> {
                 .filter(|a| a.container_id == id && a.ifname.is_empty())
                 .collect();
         }
+        mine.extend(all.iter().filter(|a| a.container_id.is_empty()));
         for a in &mine {
             self.remove(a.ip)?;
         }
@@ -484,6 +488,9 @@ mod tests {
         assert_eq!(lock.release("c2", "eth0").unwrap(), [ip("10.1.0.3")]);
         assert_eq!(lock.release("c3", "eth0").unwrap(), [ip("10.1.0.4")]);
         assert!(lock.release("c9", "eth0").unwrap().is_empty());
+        // An IP file whose owner was never written is released by any DEL.
+        fs::write(store.dir().join("10.1.0.9"), "").unwrap();
+        assert_eq!(lock.release("c9", "eth0").unwrap(), [ip("10.1.0.9")]);
         let r = range("10.1.0.0/24");
         assert_eq!(
             lock.allocate(&r, "c4", "eth0", None).unwrap(),

@@ -75,6 +75,28 @@ pub fn load(
     }
 }
 
+/// The container IDs that have a saved config (none when the directory
+/// does not exist).
+pub fn list(data_dir: &Path) -> Result<Vec<String>, ScratchError> {
+    let err = |source| ScratchError::Io {
+        path: data_dir.to_owned(),
+        source,
+    };
+    let entries = match fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(err)?;
+        if entry.file_type().map_err(err)?.is_file() {
+            ids.extend(entry.file_name().into_string());
+        }
+    }
+    Ok(ids)
+}
+
 /// Removes the saved config; already gone is fine.
 pub fn remove(data_dir: &Path, container_id: &str) -> Result<(), ScratchError> {
     let path = path_of(data_dir, container_id);
@@ -103,9 +125,12 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&data), mode(&data.join("abc"))), (0o700, 0o600));
         assert_eq!(load(&data, "abc").unwrap(), Some(map));
+        assert_eq!(list(&data).unwrap(), ["abc"]);
         remove(&data, "abc").unwrap();
         remove(&data, "abc").unwrap();
         assert_eq!(load(&data, "abc").unwrap(), None);
+        assert!(list(&data).unwrap().is_empty());
+        assert!(list(&dir.join("none")).unwrap().is_empty());
         fs::write(data.join("bad"), "{").unwrap();
         assert!(matches!(
             load(&data, "bad"),

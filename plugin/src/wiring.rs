@@ -119,16 +119,19 @@ pub fn apply_bridge(host: &mut Handle, conf: &BridgeConf, plan: BridgePlan) -> R
 
 /// Creates the bridge, tolerating a concurrent ADD that created it first.
 fn create_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Link> {
-    match host.add_bridge(&conf.bridge, Some(conf.mtu)) {
+    // A bridge takes the lowest MAC of its ports unless its MAC was set
+    // explicitly: give it one at creation, so it does not change as pods
+    // come and go (and no crash can leave it unpinned).
+    let created = match host.add_bridge(&conf.bridge, Some(conf.mtu), Some(random_mac()?)) {
         Err(e) if !e.is_exists() => return Err(e.into()),
-        _ => {}
-    }
+        result => result.is_ok(),
+    };
     let mut link = host.link(&conf.bridge)?.ok_or_else(|| Error::NotABridge {
         bridge: conf.bridge.clone(),
     })?;
-    // A bridge takes the lowest MAC of its ports unless its MAC was set
-    // explicitly: pin it, so it does not change as pods come and go.
-    if let Some(mac) = link.mac {
+    // Created meanwhile by someone else (another ADD, or an older plugin):
+    // pin the MAC it has now.
+    if let (false, Some(mac)) = (created, link.mac) {
         host.set_mac(link.index, mac)?;
     }
     link.up = false;

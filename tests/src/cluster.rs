@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::cmd::is_stale;
 use crate::node::{NodeSpec, HEALTHZ_PORT};
-use crate::{Etcd, Netns, Node, Pod, TempDir};
+use crate::{Etcd, EtcdTls, Netns, Node, Pod, TempDir};
 
 /// Name prefixes of the namespaces a cluster creates (underlay, nodes, pods,
 /// externals) and of the harness's temp dirs: what [`sweep_stale`] looks for.
@@ -50,6 +50,10 @@ pub struct ClusterOpts {
     pub underlay_mtu: u32,
     /// How long every node may take to learn every other node.
     pub converge_timeout: Duration,
+    /// Serve etcd's clients over TLS with client certificates (the nodes'
+    /// `--etcd-endpoints` is then `https://`; the TLS flags are up to
+    /// `flanneld_args`).
+    pub etcd_tls: Option<EtcdTls>,
 }
 
 impl Default for ClusterOpts {
@@ -67,6 +71,7 @@ impl Default for ClusterOpts {
             }),
             underlay_mtu: 1500,
             converge_timeout: Duration::from_secs(20),
+            etcd_tls: None,
         }
     }
 }
@@ -172,7 +177,11 @@ impl Cluster {
         sweep_stale();
         let dir = TempDir::new("fl-c");
         let underlay = make_underlay(opts.underlay_mtu);
-        let etcd = Etcd::start_in(&underlay, &UNDERLAY_IP.to_string());
+        let ip = UNDERLAY_IP.to_string();
+        let etcd = match &opts.etcd_tls {
+            Some(tls) => Etcd::start_tls_in(&underlay, &ip, tls.clone()),
+            None => Etcd::start_in(&underlay, &ip),
+        };
         etcd.put(
             &format!("{}/config", opts.etcd_prefix),
             &opts.config.to_string(),

@@ -4,8 +4,13 @@
 //! The test process lives in the root namespace, where the etcd address is
 //! not routable; each request opens its socket inside etcd's namespace
 //! (see [`crate::http`]).
+//!
+//! With [`EtcdTls`], clients (flanneld) reach etcd only over TLS with a
+//! client certificate, on `https://IP:2379`; the harness's own requests go
+//! to a plain-HTTP listener on 127.0.0.1 inside the namespace, which no
+//! other namespace can reach.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,6 +45,25 @@ pub enum EtcdError {
     BadReply { path: String, reason: String },
 }
 
+/// The server side of etcd over TLS: its certificate and key, and the CA
+/// that client certificates must be signed by (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl From<&crate::Pki> for EtcdTls {
+    fn from(pki: &crate::Pki) -> EtcdTls {
+        EtcdTls {
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            client_ca: pki.ca.clone(),
+        }
+    }
+}
+
 /// An etcd server process with its own data dir, stopped on drop.
 #[derive(Debug)]
 pub struct Etcd {
@@ -47,6 +71,7 @@ pub struct Etcd {
     ip: String,
     name: String,
     dir: TempDir,
+    tls: Option<EtcdTls>,
     proc: Option<Proc>,
 }
 
@@ -54,20 +79,32 @@ impl Etcd {
     /// Starts etcd inside `netns`, listening on `ip` (ports 2379/2380), and
     /// waits until it answers.
     pub fn start_in(netns: &Netns, ip: &str) -> Etcd {
+        Etcd::start_with(netns, ip, None)
+    }
+
+    /// Like [`Etcd::start_in`], with clients served over TLS only, client
+    /// certificate required (see the module doc).
+    pub fn start_tls_in(netns: &Netns, ip: &str, tls: EtcdTls) -> Etcd {
+        Etcd::start_with(netns, ip, Some(tls))
+    }
+
+    fn start_with(netns: &Netns, ip: &str, tls: Option<EtcdTls>) -> Etcd {
         let mut etcd = Etcd {
             netns: netns.path(),
             ip: ip.to_string(),
             name: crate::unique("etcd"),
             dir: TempDir::new("fl-etcd"),
+            tls,
             proc: None,
         };
         etcd.start();
         etcd
     }
 
-    /// `http://IP:2379`, what `--etcd-endpoints` takes.
+    /// `http://IP:2379` (`https://` with TLS), what `--etcd-endpoints` takes.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
     }
 
     /// The server's log so far.
@@ -81,7 +118,7 @@ impl Etcd {
     /// (Re)starts the server on the same data dir and waits until healthy.
     pub fn start(&mut self) {
         assert!(self.proc.is_none(), "etcd is already running");
-        let (client, peer) = (self.url(CLIENT_PORT), self.url(PEER_PORT));
+        let (client, peer) = (self.endpoint(), self.url(PEER_PORT));
         let mut cmd = crate::netns::cmd_in(&self.netns, "/usr/bin/etcd");
         cmd.args([
             "--name",
@@ -95,7 +132,7 @@ impl Etcd {
         .arg(self.dir.join("data"))
         .args([
             "--listen-client-urls",
-            &client,
+            &self.listen_client_urls(),
             "--advertise-client-urls",
             &client,
         ])
@@ -106,6 +143,15 @@ impl Etcd {
             &peer,
         ])
         .args(["--initial-cluster", &format!("{}={peer}", self.name)]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
         self.proc = Some(Proc::spawn_logged(&mut cmd, self.dir.join("log")));
         self.wait_healthy();
     }
@@ -131,6 +177,24 @@ impl Etcd {
 
     fn url(&self, port: u16) -> String {
         format!("http://{}:{port}", self.ip)
+    }
+
+    /// The client endpoint, and with TLS also the harness's plain-HTTP
+    /// listener (TLS applies to the `https://` URLs only).
+    fn listen_client_urls(&self) -> String {
+        match self.tls {
+            Some(_) => format!("{},http://{}", self.endpoint(), self.gateway()),
+            None => self.endpoint(),
+        }
+    }
+
+    /// Where the harness sends its JSON gateway requests.
+    fn gateway(&self) -> SocketAddr {
+        let ip = match self.tls {
+            Some(_) => Ipv4Addr::LOCALHOST,
+            None => self.ip.parse().expect("etcd ip"),
+        };
+        SocketAddr::from((ip, CLIENT_PORT))
     }
 
     fn wait_healthy(&mut self) {
@@ -240,9 +304,7 @@ impl Etcd {
     }
 
     fn http(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, EtcdError> {
-        let addr: SocketAddr = format!("{}:{CLIENT_PORT}", self.ip)
-            .parse()
-            .expect("etcd ip");
+        let addr = self.gateway();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let reply =
             http_in(&self.netns, addr, method, path, &body).map_err(|source| EtcdError::Io {

@@ -23,13 +23,14 @@ mod podman;
 mod proc;
 mod subnet_env;
 mod tempdir;
+mod tls;
 
 pub use check::{ping_matrix, udp_source_seen, PingResult};
 pub use cluster::{
     sweep_stale, teardown, Cluster, ClusterOpts, External, KeptCluster, KEPT_STATE, UNDERLAY_IP,
 };
 pub use cmd::{bin_path, run, sh, unique};
-pub use etcd::{Etcd, EtcdError, Kv};
+pub use etcd::{Etcd, EtcdError, EtcdTls, Kv};
 pub use netns::{run_in_netns, Netns};
 pub use node::{Node, HEALTHZ_PORT};
 pub use pod::{exec_plugin, result_ip, CniExec, Pod};
@@ -37,3 +38,4 @@ pub use podman::Podman;
 pub use proc::{let_children_outlive_us, Proc};
 pub use subnet_env::{network_of, split_cidr, SubnetEnv};
 pub use tempdir::TempDir;
+pub use tls::Pki;

@@ -1,10 +1,11 @@
 //! Restarting flanneld changes nothing that is already right: pings crossing
 //! the node all get answered.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{Cluster, ClusterOpts, Node, Proc};
+use harness::{Cluster, ClusterOpts, Kv, Node, Proc};
 
 /// "N packets transmitted, M received" from ping's summary.
 fn counts(log: &str) -> Option<(u32, u32)> {
@@ -54,6 +55,80 @@ fn flanneld_restart_loses_no_ping() {
         let deleted = deletions(&monitor.log(), &node.vxlan_dev());
         assert!(deleted.is_empty(), "{}: {deleted:?}", node.name());
     }
+}
+
+/// flanneld killed outright on both nodes while pods ping across them: the
+/// datapath lives in the kernel, so every ping is answered while both are
+/// dead; restarted, each keeps its subnet and its lease, untouched (same
+/// key, value, etcd lease and revision: no second lease, no event for the
+/// peers), and nothing in the datapath is deleted.
+#[test]
+fn flanneld_killed_keeps_datapath_subnet_and_lease() {
+    let mut c = Cluster::new(2, ClusterOpts::default());
+    c.node_mut(0).add_pod("a");
+    c.node_mut(1).add_pod("b");
+    let target = c.node(1).pod("b").ip().to_string();
+    // 600 pings, 10 ms apart (6 s): longer than 2 s dead plus both restarts.
+    let mut cmd: Command = c.node(0).pod("a").cmd("ping");
+    cmd.args(["-n", "-i", "0.01", "-c", "600", "-W", "1", &target]);
+    let mut ping = Proc::spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let leases = lease_records(&c);
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let subnet_envs: Vec<String> = c.nodes().iter().map(subnet_env_text).collect();
+    let monitors: Vec<Proc> = c.nodes().iter().map(watch_datapath).collect();
+    let devices: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
+    for node in c.nodes_mut() {
+        let status = node.kill_flanneld();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", node.name());
+    }
+    // Both ways, while no flanneld runs (2 s in all).
+    let a_ip = c.node(0).pod("a").ip().to_string();
+    for (pod, to) in [(c.node(0).pod("a"), &target), (c.node(1).pod("b"), &a_ip)] {
+        let out = pod.exec(&["ping", "-n", "-i", "0.01", "-c", "100", "-W", "1", to]);
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(counts(&log), Some((100, 100)), "without flanneld: {log}");
+    }
+    for node in c.nodes_mut() {
+        node.start_flanneld();
+    }
+    c.nodes_mut().iter_mut().for_each(Node::wait_ready);
+    assert!(
+        ping.is_running(),
+        "the restarts outlasted the ping run: {}",
+        ping.log()
+    );
+
+    let status = ping
+        .wait_timeout(Duration::from_secs(30))
+        .expect("ping finished");
+    let log = ping.log();
+    assert_eq!(counts(&log), Some((600, 600)), "{log}");
+    assert!(status.success(), "{log}");
+    c.wait_converged();
+
+    assert_eq!(lease_records(&c), leases, "the leases changed");
+    let after: Vec<String> = c.nodes().iter().map(subnet_env_text).collect();
+    assert_eq!(after, subnet_envs, "subnet.env changed");
+    let after: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
+    assert_eq!(devices, after);
+    for (node, monitor) in c.nodes().iter().zip(&monitors) {
+        let deleted = deletions(&monitor.log(), &node.vxlan_dev());
+        assert!(deleted.is_empty(), "{}: {deleted:?}", node.name());
+    }
+}
+
+/// Every lease key with its value, etcd lease and last modification.
+fn lease_records(c: &Cluster) -> Vec<Kv> {
+    c.leases()
+        .iter()
+        .flat_map(|(key, _)| c.etcd().try_range(key, None).expect("etcd answers"))
+        .collect()
+}
+
+fn subnet_env_text(node: &Node) -> String {
+    std::fs::read_to_string(node.subnet_file()).expect("subnet.env")
 }
 
 /// `ip monitor` of the routes and neighbours on the node's VXLAN device and

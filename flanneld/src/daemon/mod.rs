@@ -36,6 +36,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often "still waiting" is logged.
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
+/// Follows a failure to reach etcd over TLS without a client certificate:
+/// the refusal of an etcd that requires one reaches us as "connection
+/// closed" only.
+const NO_CLIENT_CERT_HINT: &str = " (no client certificate was given: if etcd requires one \
+     (--client-cert-auth), give --etcd-certfile and --etcd-keyfile)";
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     crate::util::limit_malloc_arenas();
@@ -122,8 +127,14 @@ async fn bootstrap(opts: &Options, signals: &mut Signals) -> anyhow::Result<Opti
         "using interface {} ({}), public IP {public_ip}",
         ext.name, ext.addr
     );
-    let store = EtcdStore::connect(&etcd_options(opts)).await?;
-    let Some(config) = wait_config(&store, &opts.etcd_prefix, signals).await else {
+    let etcd = etcd_options(opts);
+    let store = EtcdStore::connect(&etcd).await?;
+    let hint = if etcd.tls_without_client_cert() {
+        NO_CLIENT_CERT_HINT
+    } else {
+        ""
+    };
+    let Some(config) = wait_config(&store, &opts.etcd_prefix, hint, signals).await else {
         return Ok(None);
     };
     if config.backend.direct_routing {
@@ -167,11 +178,12 @@ async fn bootstrap(opts: &Options, signals: &mut Signals) -> anyhow::Result<Opti
     }))
 }
 
-/// Waits for `<prefix>/config`, logging why every few seconds. `None`
-/// when a signal came first.
+/// Waits for `<prefix>/config`, logging why every few seconds (`hint`
+/// follows a failure to read it). `None` when a signal came first.
 async fn wait_config(
     store: &EtcdStore,
     prefix: &str,
+    hint: &str,
     signals: &mut Signals,
 ) -> Option<NetworkConfig> {
     let key = config_key(prefix);
@@ -183,7 +195,7 @@ async fn wait_config(
                 Err(e) => format!("invalid config at {key}: {e}"),
             },
             Ok(None) => format!("waiting for the network config at {key}"),
-            Err(e) => format!("cannot read {key}: {e}"),
+            Err(e) => format!("cannot read {key}: {e}{hint}"),
         };
         if last_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
             warn!("{problem}");

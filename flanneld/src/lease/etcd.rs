@@ -24,6 +24,22 @@ pub struct EtcdOptions {
     pub password: Option<String>,
 }
 
+impl EtcdOptions {
+    /// Whether etcd is reached over TLS (an `https://` endpoint or any TLS file).
+    pub fn uses_tls(&self) -> bool {
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        https || self.cafile.is_some() || self.certfile.is_some() || self.keyfile.is_some()
+    }
+
+    /// Whether etcd is reached over TLS without a client certificate. An
+    /// etcd that requires one (`--client-cert-auth`) then closes the
+    /// connection right after the handshake, and all the client library
+    /// reports is "connection closed".
+    pub fn tls_without_client_cert(&self) -> bool {
+        self.uses_tls() && self.certfile.is_none()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdSetupError {
     #[error("cannot read {path}: {source}")]
@@ -86,8 +102,7 @@ impl EtcdStore {
 }
 
 fn tls_options(opts: &EtcdOptions) -> Result<Option<TlsOptions>, EtcdSetupError> {
-    let https = opts.endpoints.iter().any(|e| e.starts_with("https://"));
-    if opts.cafile.is_none() && opts.certfile.is_none() && opts.keyfile.is_none() && !https {
+    if !opts.uses_tls() {
         return Ok(None);
     }
     let mut tls = TlsOptions::new();

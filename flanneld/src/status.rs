@@ -6,18 +6,19 @@
 //! Exit status: 0 when every peer is fully programmed, 3 when something is
 //! missing, 1 when etcd or the kernel cannot be read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use flannel_netlink::Handle;
+use flannel_netlink::{Handle, Nexthop, Route};
 use ipnet::{IpNet, Ipv4Net};
 use subnet_env::SubnetEnv;
 
 use crate::backend::device::device_name;
-use crate::backend::plan::{gateway, peer_route};
+use crate::backend::nexthop;
+use crate::backend::plan::gateway;
 use crate::cli::Options;
 use crate::config::NetworkConfig;
 use crate::lease::etcd::EtcdStore;
@@ -163,26 +164,39 @@ fn programmed(h: &mut Handle, dev: Option<u32>, peers: &[Peer]) -> anyhow::Resul
     let neighs = h.neighs(Some(index))?;
     let fdb = h.fdb(Some(index))?;
     let routes = h.routes(false)?;
+    let nexthops: HashMap<u32, Nexthop> = match h.nexthops() {
+        Ok(all) => all.into_iter().map(|n| (n.id, n)).collect(),
+        Err(e) if nexthop::unsupported(&e) => HashMap::new(),
+        Err(e) => return Err(e.into()),
+    };
     Ok(peers
         .iter()
-        .map(|p| {
-            let want = peer_route(index, p);
-            PeerRow {
-                peer: *p,
-                neigh: neighs.iter().any(|n| {
-                    n.ip == IpAddr::V4(gateway(p)) && n.mac == Some(p.vtep_mac) && n.permanent
-                }),
-                fdb: fdb
-                    .iter()
-                    .any(|f| f.mac == p.vtep_mac && f.dst == Some(IpAddr::V4(p.public_ip))),
-                route: routes.iter().any(|r| {
-                    r.dst == IpNet::V4(p.subnet)
-                        && r.gateway == want.gateway
-                        && r.oif == Some(index)
-                }),
-            }
+        .map(|p| PeerRow {
+            peer: *p,
+            neigh: neighs.iter().any(|n| {
+                n.ip == IpAddr::V4(gateway(p)) && n.mac == Some(p.vtep_mac) && n.permanent
+            }),
+            fdb: fdb
+                .iter()
+                .any(|f| f.mac == p.vtep_mac && f.dst == Some(IpAddr::V4(p.public_ip))),
+            route: routes
+                .iter()
+                .any(|r| r.dst == IpNet::V4(p.subnet) && reaches(r, p, index, &nexthops)),
         })
         .collect())
+}
+
+/// The route sends to the peer's gateway on the device: by its own
+/// gateway, or through its nexthop (whose gateway dumps may not repeat
+/// when the kernel's nexthop compat mode is off).
+fn reaches(r: &Route, p: &Peer, index: u32, nexthops: &HashMap<u32, Nexthop>) -> bool {
+    let want = Some(IpAddr::V4(gateway(p)));
+    match r.nhid {
+        Some(id) => nexthops
+            .get(&id)
+            .is_some_and(|n| n.gateway == want && n.oif == Some(index)),
+        None => r.gateway == want && r.oif == Some(index),
+    }
 }
 
 /// Pods from every host-local store under `dir` (one directory per network).

@@ -76,6 +76,18 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
         "flanneld_peers_programmed"
     ) == 1.0)
     .is_some());
+    // The route goes through a nexthop object of flanneld's.
+    let nh = route_nexthop(node, PEER_SUBNET).expect("route through a nexthop");
+    assert_eq!(
+        (&nh["gateway"], &nh["dev"], &nh["protocol"]),
+        (
+            &"10.244.200.0".into(),
+            &"flannel.1".into(),
+            &NEXTHOP_PROTO.into()
+        ),
+        "{nh}"
+    );
+    assert!(has_flag(&nh, "onlink"), "{nh}");
 
     // A new MAC and public IP replace the old entries.
     let (mac2, ip2) = ("02:aa:bb:cc:dd:02", "192.0.2.98");
@@ -93,6 +105,7 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
     cluster.etcd().delete(&key);
     let gone = wait_for(Duration::from_secs(5), || {
         peer_entries(node, PEER_SUBNET, mac2, ip2) == (false, false, false)
+            && our_nexthops(node).is_empty()
     });
     assert!(
         gone.is_some(),
@@ -110,8 +123,13 @@ fn entries_deleted_by_hand_come_back_within_a_second() {
         .put(&lease_key(PEER_SUBNET), &lease_json(PEER_IP, 1, PEER_MAC));
     assert_programmed_within(node, Duration::from_secs(5), "peer lease");
     let ns = node.netns();
-    let cases: [(&str, Vec<&str>); 3] = [
+    let cases: [(&str, Vec<&str>); 4] = [
         ("route", vec!["ip", "route", "del", PEER_SUBNET]),
+        // The kernel deletes the route with it, silently.
+        (
+            "nexthop",
+            vec!["ip", "nexthop", "flush", "protocol", NEXTHOP_PROTO],
+        ),
         (
             "neighbour",
             vec!["ip", "neigh", "del", "10.244.200.0", "dev", "flannel.1"],

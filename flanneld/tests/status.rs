@@ -65,6 +65,23 @@ fn status_shows_lease_peers_programming_and_pods() {
         )),
         "{text}"
     );
+    // The route goes through a nexthop; it is found even when the kernel
+    // does not repeat the nexthop's gateway in route dumps.
+    assert!(route_nexthop(node, peer).is_some());
+    node.netns()
+        .sh(&["sysctl", "-qw", "net.ipv4.nexthop_compat_mode=0"]);
+    let out = status(node, &endpoint);
+    let no_compat = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{no_compat}");
+    assert!(
+        no_compat.contains(&format!(
+            "{peer:<20} {ip:<16} {mac:<18} ok       ok       ok\n"
+        )),
+        "{no_compat}"
+    );
+    node.netns()
+        .sh(&["sysctl", "-qw", "net.ipv4.nexthop_compat_mode=1"]);
+
     let pod = node.pod("p1");
     let veth = flannel::host_veth_name(pod.container_id(), pod.ifname());
     let row = format!(

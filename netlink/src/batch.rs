@@ -7,8 +7,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Error, Result};
 use crate::neigh::{fdb_msg, neigh_msg, REPLACE};
+use crate::nexthop::{del_nexthop_msg, new_nexthop_msg, Nexthop};
 use crate::route::{describe, route_msg, Route};
-use crate::socket::{Handle, Received};
+use crate::socket::{Handle, Message, Received};
 use crate::{format_mac, Mac};
 
 /// Requests sent per `sendmsg`. The kernel runs them one after another in
@@ -22,7 +23,7 @@ const CHUNK: usize = 256;
 /// round trips; a batch is a dozen `sendmsg` calls.
 #[derive(Default)]
 pub struct Batch {
-    ops: Vec<(RouteNetlinkMessage, u16, String)>,
+    ops: Vec<(Message, u16, String)>,
 }
 
 impl Batch {
@@ -38,8 +39,8 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    fn push(&mut self, msg: RouteNetlinkMessage, flags: u16, what: String) {
-        self.ops.push((msg, flags, what));
+    fn push(&mut self, msg: impl Into<Message>, flags: u16, what: String) {
+        self.ops.push((msg.into(), flags, what));
     }
 
     pub fn replace_neigh(&mut self, index: u32, ip: IpAddr, mac: Mac) {
@@ -92,6 +93,21 @@ impl Batch {
         let msg = RouteNetlinkMessage::DelRoute(route_msg(route));
         self.push(msg, 0, format!("delete route {}", describe(route)));
     }
+
+    pub fn replace_nexthop(&mut self, nh: &Nexthop) {
+        let mut what = format!("replace nexthop {}", nh.id);
+        if let Some(gw) = nh.gateway {
+            what += &format!(" via {gw}");
+        }
+        if let Some(oif) = nh.oif {
+            what += &format!(" dev {oif}");
+        }
+        self.push(new_nexthop_msg(nh), REPLACE, what);
+    }
+
+    pub fn del_nexthop(&mut self, id: u32) {
+        self.push(del_nexthop_msg(id), 0, format!("delete nexthop {id}"));
+    }
 }
 
 impl Handle {
@@ -114,7 +130,7 @@ impl Handle {
         self.run(batch).pop().unwrap_or(Ok(()))
     }
 
-    fn run_chunk(&mut self, chunk: Vec<(RouteNetlinkMessage, u16, String)>) -> Vec<Result<()>> {
+    fn run_chunk(&mut self, chunk: Vec<(Message, u16, String)>) -> Vec<Result<()>> {
         let count = chunk.len();
         let mut out = Vec::with_capacity(count * 64);
         let mut position = HashMap::with_capacity(count);

@@ -8,7 +8,7 @@
 //! handle that drives another namespace from the calling thread.
 //!
 //! Operations map one-to-one to kernel requests (`add_route`,
-//! `replace_neigh`, `del_link`…). Many requests can be queued in a [`Batch`]
+//! `replace_neigh`, `del_link`, `replace_nexthop`…). Many requests can be queued in a [`Batch`]
 //! and sent together, which is how the daemon programs thousands of peers
 //! in a handful of round trips. [`Monitor`] receives the kernel's change
 //! notifications.
@@ -20,6 +20,7 @@ mod link;
 mod monitor;
 mod neigh;
 mod netns;
+mod nexthop;
 mod route;
 mod socket;
 
@@ -30,6 +31,7 @@ pub use link::{Link, LinkRef, VethSpec, VxlanInfo, VxlanSpec};
 pub use monitor::{Event, Monitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{Netns, NetnsGuard};
+pub use nexthop::Nexthop;
 pub use route::Route;
 pub use socket::Handle;
 

@@ -1,12 +1,14 @@
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Error, Result};
-use crate::socket::{Handle, Received};
+use crate::nexthop::{RTM_DELNEXTHOP, RTM_NEWNEXTHOP};
+use crate::socket::{Handle, Message, Received};
 
 // rtnetlink multicast groups (linux/rtnetlink.h, enum rtnetlink_groups).
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_NEXTHOP: u32 = 32;
 
 /// A change the kernel announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,13 +25,18 @@ pub enum Event {
         index: u32,
         deleted: bool,
     },
+    /// A nexthop object. Deleting one also removes the IPv4 routes using
+    /// it, and the kernel announces only the nexthop's deletion.
+    Nexthop {
+        deleted: bool,
+    },
     /// The socket's queue overflowed: some events were lost, so anything
     /// may have changed.
     Overflow,
 }
 
-/// Receives link, IPv4 route and neighbour/FDB notifications of the
-/// namespace it was created in.
+/// Receives link, IPv4 route, neighbour/FDB and nexthop notifications of
+/// the namespace it was created in.
 pub struct Monitor {
     handle: Handle,
 }
@@ -40,6 +47,9 @@ impl Monitor {
         for group in [RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE] {
             handle.join_group(group)?;
         }
+        // Kernels without nexthop objects (before 5.3) have no such group
+        // and refuse to join it; they have no nexthops to watch either.
+        let _ = handle.join_group(RTNLGRP_NEXTHOP);
         Ok(Monitor { handle })
     }
 
@@ -68,8 +78,18 @@ impl Handle {
     }
 }
 
-fn event_of(msg: RouteNetlinkMessage) -> Option<Event> {
+fn event_of(msg: Message) -> Option<Event> {
     use RouteNetlinkMessage as M;
+    let msg = match msg {
+        Message::Route(m) => m,
+        Message::Raw(raw) => {
+            return match raw.kind {
+                RTM_NEWNEXTHOP => Some(Event::Nexthop { deleted: false }),
+                RTM_DELNEXTHOP => Some(Event::Nexthop { deleted: true }),
+                _ => None,
+            }
+        }
+    };
     Some(match msg {
         M::NewLink(l) => Event::Link {
             index: l.header.index,

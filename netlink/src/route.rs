@@ -32,6 +32,11 @@ pub struct Route {
     /// 0 universe, 253 link, 254 host. Universe on a gateway-less route
     /// with a device is sent as link.
     pub scope: u8,
+    /// The nexthop object the route uses (RTA_NH_ID). When set, the
+    /// nexthop holds gateway, device and onlink: those fields are not sent.
+    /// Dumps still fill them in from the nexthop (the kernel's default
+    /// `nexthop_compat_mode`), as `ip route` shows them.
+    pub nhid: Option<u32>,
 }
 
 impl Route {
@@ -47,6 +52,7 @@ impl Route {
             metric: None,
             protocol: u8::from(RouteProtocol::Boot),
             scope: u8::from(RouteScope::Universe),
+            nhid: None,
         }
     }
 
@@ -62,6 +68,12 @@ impl Route {
 
     pub fn onlink(mut self) -> Route {
         self.onlink = true;
+        self
+    }
+
+    /// Through nexthop object `id` instead of a gateway of its own.
+    pub fn nhid(mut self, id: u32) -> Route {
+        self.nhid = Some(id);
         self
     }
 }
@@ -97,6 +109,9 @@ impl Handle {
 
 pub(crate) fn describe(route: &Route) -> String {
     let mut text = route.dst.to_string();
+    if let Some(id) = route.nhid {
+        return text + &format!(" nhid {id}");
+    }
     if let Some(gw) = route.gateway {
         text += &format!(" via {gw}");
     }
@@ -116,19 +131,26 @@ pub(crate) fn route_msg(route: &Route) -> RouteMessage {
     h.scope = RouteScope::from(route.scope);
     // A route straight onto a link, with no gateway, has link scope, as
     // `ip route` gives it: the destination is then on-link.
-    if route.gateway.is_none() && h.scope == RouteScope::Universe && route.oif.is_some() {
+    let direct = route.gateway.is_none() && route.oif.is_some() && route.nhid.is_none();
+    if direct && h.scope == RouteScope::Universe {
         h.scope = RouteScope::Link;
     }
     h.kind = RouteType::Unicast;
-    if route.onlink {
-        h.flags = RouteFlags::Onlink;
-    }
     let attrs = &mut msg.attributes;
     if route.dst.prefix_len() > 0 {
         attrs.push(RouteAttribute::Destination(route.dst.addr().into()));
     }
-    attrs.extend(route.gateway.map(|g| RouteAttribute::Gateway(g.into())));
-    attrs.extend(route.oif.map(RouteAttribute::Oif));
+    if let Some(id) = route.nhid {
+        // The kernel refuses a gateway or device next to a nexthop id, and
+        // a delete naming them would not match the route.
+        attrs.push(RouteAttribute::NhId(id));
+    } else {
+        if route.onlink {
+            h.flags = RouteFlags::Onlink;
+        }
+        attrs.extend(route.gateway.map(|g| RouteAttribute::Gateway(g.into())));
+        attrs.extend(route.oif.map(RouteAttribute::Oif));
+    }
     attrs.extend(route.src.map(|s| RouteAttribute::PrefSource(s.into())));
     attrs.extend(route.metric.map(RouteAttribute::Priority));
     if route.table > 255 {
@@ -165,6 +187,7 @@ fn parse_route(reply: RouteNetlinkMessage) -> Option<Route> {
             RouteAttribute::PrefSource(a) => route.src = ip_of(a),
             RouteAttribute::Priority(m) => route.metric = Some(m),
             RouteAttribute::Table(t) => route.table = t,
+            RouteAttribute::NhId(id) => route.nhid = Some(id),
             _ => {}
         }
     }

@@ -10,6 +10,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::netns::{Netns, NetnsGuard};
+use crate::nexthop::{RTM_DELNEXTHOP, RTM_GETNEXTHOP, RTM_NEWNEXTHOP};
 
 /// Receive buffer for one `recv`: the kernel sends dump parts of up to
 /// 32 KiB, so 64 KiB never truncates.
@@ -21,12 +22,43 @@ const RCVBUF_BYTES: libc::c_int = 4 * 1024 * 1024;
 const DUMP_ATTEMPTS: usize = 5;
 /// NLMSGERR_ATTR_MSG: the extended-ack text attribute.
 const NLMSGERR_ATTR_MSG: u16 = 1;
+/// struct nlmsghdr.
+const NETLINK_HEADER_LEN: usize = 16;
+/// Message types the message crate cannot parse, handed over as raw bytes.
+const RAW_KINDS: [u16; 3] = [RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP];
 
 /// One `NETLINK_ROUTE` socket, bound to the netns it was created in.
 pub struct Handle {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
+}
+
+/// One netlink message: one the message crate knows, or one this crate
+/// encodes itself (the crate has no type for it, e.g. nexthop objects).
+#[derive(Debug, Clone)]
+pub(crate) enum Message {
+    Route(RouteNetlinkMessage),
+    Raw(RawMessage),
+}
+
+/// A message as its netlink type and the bytes after the netlink header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawMessage {
+    pub kind: u16,
+    pub payload: Vec<u8>,
+}
+
+impl From<RouteNetlinkMessage> for Message {
+    fn from(msg: RouteNetlinkMessage) -> Message {
+        Message::Route(msg)
+    }
+}
+
+impl From<RawMessage> for Message {
+    fn from(msg: RawMessage) -> Message {
+        Message::Raw(msg)
+    }
 }
 
 /// Outcome of a request that was sent, keyed by its sequence number.
@@ -62,21 +94,21 @@ impl Handle {
     }
 
     /// Appends `msg` to `out` with the given flags; returns its sequence number.
-    pub(crate) fn encode(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        out: &mut Vec<u8>,
-    ) -> u32 {
+    pub(crate) fn encode(&mut self, msg: impl Into<Message>, flags: u16, out: &mut Vec<u8>) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let start = out.len();
-        out.resize(start + packet.buffer_len(), 0);
-        packet.serialize(&mut out[start..]);
+        match msg.into() {
+            Message::Route(msg) => {
+                let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+                packet.finalize();
+                let start = out.len();
+                out.resize(start + packet.buffer_len(), 0);
+                packet.serialize(&mut out[start..]);
+            }
+            Message::Raw(raw) => encode_raw(header, &raw, out),
+        }
         self.seq
     }
 
@@ -104,7 +136,9 @@ impl Handle {
         let seq = self.encode(msg, NLM_F_REQUEST, &mut out);
         self.send(&out)?;
         self.receive(|hdr, reply| match reply {
-            Received::Message(m) if hdr.sequence_number == seq => ControlFlow::Break(Ok(Some(m))),
+            Received::Message(Message::Route(m)) if hdr.sequence_number == seq => {
+                ControlFlow::Break(Ok(Some(m)))
+            }
             Received::Ack(r) if r.seq == seq => ControlFlow::Break(match r.result {
                 Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(e),
@@ -117,6 +151,25 @@ impl Handle {
     /// Dumps a whole table. A dump the kernel marks as interrupted (the
     /// table changed under it) is started again, so the result is consistent.
     pub(crate) fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        let replies = self.dump_messages(msg.into())?;
+        let route = |m| match m {
+            Message::Route(m) => Some(m),
+            Message::Raw(_) => None,
+        };
+        Ok(replies.into_iter().filter_map(route).collect())
+    }
+
+    /// [`Handle::dump`] for a table the message crate has no type for.
+    pub(crate) fn dump_raw(&mut self, msg: RawMessage) -> Result<Vec<RawMessage>> {
+        let replies = self.dump_messages(msg.into())?;
+        let raw = |m| match m {
+            Message::Raw(m) => Some(m),
+            Message::Route(_) => None,
+        };
+        Ok(replies.into_iter().filter_map(raw).collect())
+    }
+
+    fn dump_messages(&mut self, msg: Message) -> Result<Vec<Message>> {
         for _ in 0..DUMP_ATTEMPTS {
             let (items, interrupted) = self.dump_once(msg.clone())?;
             if !interrupted {
@@ -129,7 +182,7 @@ impl Handle {
         })
     }
 
-    fn dump_once(&mut self, msg: RouteNetlinkMessage) -> Result<(Vec<RouteNetlinkMessage>, bool)> {
+    fn dump_once(&mut self, msg: Message) -> Result<(Vec<Message>, bool)> {
         let mut out = Vec::with_capacity(256);
         let seq = self.encode(msg, NLM_F_REQUEST | NLM_F_DUMP, &mut out);
         self.send(&out)?;
@@ -214,7 +267,7 @@ impl Handle {
 
 /// One message from the kernel, classified.
 pub(crate) enum Received {
-    Message(RouteNetlinkMessage),
+    Message(Message),
     Ack(Reply),
     Done,
     /// NOOP, OVERRUN and anything newer: nothing to act on.
@@ -229,12 +282,16 @@ fn parse_one(bytes: &[u8]) -> Result<(NetlinkHeader, Received, usize)> {
     let buffer = NetlinkBuffer::new_checked(bytes).map_err(|e| decode(e.to_string()))?;
     let len = (buffer.length() as usize).min(bytes.len());
     let aligned = ((len + 3) & !3).min(bytes.len());
+    if RAW_KINDS.contains(&buffer.message_type()) {
+        let (header, raw) = parse_raw(&buffer);
+        return Ok((header, Received::Message(raw), aligned.max(1)));
+    }
     let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len])
         .map_err(|e| decode(e.to_string()))?;
     let (header, payload) = message.into_parts();
     let seq = header.sequence_number;
     let received = match payload {
-        NetlinkPayload::InnerMessage(m) => Received::Message(m),
+        NetlinkPayload::InnerMessage(m) => Received::Message(Message::Route(m)),
         NetlinkPayload::Done(_) => Received::Done,
         NetlinkPayload::Error(e) => Received::Ack(Reply {
             seq,
@@ -246,6 +303,35 @@ fn parse_one(bytes: &[u8]) -> Result<(NetlinkHeader, Received, usize)> {
         _ => Received::Other,
     };
     Ok((header, received, aligned.max(1)))
+}
+
+/// The header and payload of a message of one of [`RAW_KINDS`].
+fn parse_raw(buffer: &NetlinkBuffer<&[u8]>) -> (NetlinkHeader, Message) {
+    let mut header = NetlinkHeader::default();
+    header.length = buffer.length();
+    header.message_type = buffer.message_type();
+    header.flags = buffer.flags();
+    header.sequence_number = buffer.sequence_number();
+    header.port_number = buffer.port_number();
+    let raw = RawMessage {
+        kind: header.message_type,
+        payload: buffer.payload().to_vec(),
+    };
+    (header, Message::Raw(raw))
+}
+
+/// A netlink header (16 bytes) and `raw`'s payload, padded to 4 bytes.
+fn encode_raw(mut header: NetlinkHeader, raw: &RawMessage, out: &mut Vec<u8>) {
+    let len = NETLINK_HEADER_LEN + raw.payload.len();
+    header.length = len as u32;
+    header.message_type = raw.kind;
+    out.extend_from_slice(&header.length.to_ne_bytes());
+    out.extend_from_slice(&header.message_type.to_ne_bytes());
+    out.extend_from_slice(&header.flags.to_ne_bytes());
+    out.extend_from_slice(&header.sequence_number.to_ne_bytes());
+    out.extend_from_slice(&header.port_number.to_ne_bytes());
+    out.extend_from_slice(&raw.payload);
+    out.resize(out.len() + (len.next_multiple_of(4) - len), 0);
 }
 
 /// The kernel's extended-ack message: TLVs after the echoed 16-byte header.

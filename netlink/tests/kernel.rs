@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use flannel_netlink::{
-    parse_mac, Batch, Event, Handle, Monitor, Netns, Route, VethSpec, VxlanSpec,
+    parse_mac, Batch, Event, Handle, Monitor, Netns, Nexthop, Route, VethSpec, VxlanSpec,
 };
 use ipnet::IpNet;
 
@@ -285,6 +285,163 @@ fn batch_programs_and_reports_each_request() {
     );
 }
 
+/// A VXLAN device `name` that is up, on `lo` (192.0.2.11); its index.
+fn vxlan_up(h: &mut Handle, name: &str) -> u32 {
+    let lo = h.link("lo").unwrap().unwrap();
+    h.set_up(lo.index).unwrap();
+    h.add_addr(lo.index, net("192.0.2.11/32")).unwrap();
+    h.add_vxlan(&VxlanSpec {
+        name: name.into(),
+        vni: 1,
+        port: 8472,
+        local: Some(Ipv4Addr::new(192, 0, 2, 11)),
+        link: Some(lo.index),
+        mtu: Some(1450),
+        mac: None,
+        learning: false,
+    })
+    .unwrap();
+    let index = h.link(name).unwrap().unwrap().index;
+    h.set_up(index).unwrap();
+    index
+}
+
+fn has_flag(v: &serde_json::Value, flag: &str) -> bool {
+    v["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+/// `ip -j route get DST`: where the kernel would send a packet.
+fn route_get(dst: &str) -> (String, String) {
+    let got = ip_json(&["route", "get", dst]);
+    let field = |k: &str| got[0][k].as_str().unwrap_or_default().to_string();
+    (field("gateway"), field("dev"))
+}
+
+#[test]
+fn nexthop_objects_and_routes_through_them() {
+    let _ns = fresh_netns();
+    let mut h = Handle::new().unwrap();
+    let vx = vxlan_up(&mut h, "flannel.1");
+    let id = 4_000_000_001;
+    let nh = Nexthop::new(id)
+        .via(ip("10.244.2.0"))
+        .dev(vx)
+        .onlink()
+        .protocol(241);
+    h.replace_nexthop(&nh).unwrap();
+    h.replace_nexthop(&nh).unwrap(); // idempotent
+    assert_eq!(h.nexthops().unwrap(), vec![nh.clone()]);
+    let shown = ip_json(&["nexthop", "show", "id", &id.to_string()]);
+    assert_eq!(
+        (
+            &shown[0]["gateway"],
+            &shown[0]["dev"],
+            &shown[0]["protocol"]
+        ),
+        (&"10.244.2.0".into(), &"flannel.1".into(), &"241".into()),
+        "{shown}"
+    );
+    assert!(has_flag(&shown[0], "onlink"), "{shown}");
+
+    // A plain onlink route, as flannel installs it, replaced in place by
+    // one through the nexthop: the same forwarding either way.
+    let plain = Route::new(net("10.244.2.0/24"))
+        .via(ip("10.244.2.0"))
+        .dev(vx)
+        .onlink();
+    h.add_route(&plain).unwrap();
+    let before = route_get("10.244.2.7");
+    let through = Route::new(net("10.244.2.0/24")).nhid(id);
+    h.replace_route(&through).unwrap();
+    assert_eq!(route_get("10.244.2.7"), before);
+    assert_eq!(before, ("10.244.2.0".into(), "flannel.1".into()));
+    let shown = ip_json(&["route", "show", "10.244.2.0/24"]);
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown[0]["nhid"], id, "{shown}");
+    // The kernel's compat mode still shows gateway, device and onlink.
+    assert_eq!(
+        (&shown[0]["gateway"], &shown[0]["dev"]),
+        (&"10.244.2.0".into(), &"flannel.1".into()),
+        "{shown}"
+    );
+    assert!(has_flag(&shown[0], "onlink"), "{shown}");
+    let dumped = h.routes(false).unwrap();
+    let r = dumped.iter().find(|r| r.dst == through.dst).unwrap();
+    assert_eq!(
+        (r.nhid, r.gateway, r.oif, r.onlink),
+        (Some(id), Some(ip("10.244.2.0")), Some(vx), true)
+    );
+
+    // Replacing the nexthop moves the route with it, untouched.
+    h.replace_nexthop(&nh.clone().via(ip("10.244.2.1")))
+        .unwrap();
+    assert_eq!(route_get("10.244.2.7").0, "10.244.2.1");
+
+    // A route as dumped deletes (the gateway it shows is not sent).
+    h.del_route(r).unwrap();
+    assert!(h.del_route(r).unwrap_err().is_not_found());
+    // Deleting the nexthop takes the routes using it along.
+    h.replace_route(&through).unwrap();
+    h.del_nexthop(id).unwrap();
+    let left = h.routes(false).unwrap();
+    assert!(!left.iter().any(|r| r.dst == through.dst), "{left:?}");
+    assert!(h.del_nexthop(id).unwrap_err().is_not_found());
+    assert_eq!(h.nexthops().unwrap(), vec![]);
+}
+
+#[test]
+fn batch_of_nexthops_and_routes() {
+    let _ns = fresh_netns();
+    let mut h = Handle::new().unwrap();
+    let vx = vxlan_up(&mut h, "vx0");
+    // Somebody else's nexthop, which must survive.
+    let other = Nexthop::new(7).via(ip("10.99.9.0")).dev(vx).onlink();
+    h.replace_nexthop(&other).unwrap();
+    let peers = 300u32; // more than one chunk of each
+    let mut batch = Batch::new();
+    for i in 0..peers {
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 100 + (i >> 8) as u8, i as u8, 0));
+        batch.replace_nexthop(&Nexthop::new(1000 + i).via(gw).dev(vx).onlink());
+    }
+    for i in 0..peers {
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 100 + (i >> 8) as u8, i as u8, 0));
+        batch.replace_route(&Route::new(IpNet::new(gw, 24).unwrap()).nhid(1000 + i));
+    }
+    // A route naming a nexthop that does not exist fails alone.
+    batch.replace_route(&Route::new(net("10.99.0.0/24")).nhid(999));
+    let results = h.run(batch);
+    assert_eq!(results.len(), peers as usize * 2 + 1);
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let text = failed[0].to_string();
+    assert!(
+        text.contains("replace route 10.99.0.0/24 nhid 999"),
+        "{text}"
+    );
+
+    let nhs = h.nexthops().unwrap();
+    assert_eq!(nhs.len(), peers as usize + 1);
+    assert!(nhs.contains(&other));
+    let routes = h.routes(false).unwrap();
+    let through: Vec<_> = routes.iter().filter(|r| r.nhid.is_some()).collect();
+    assert_eq!(through.len(), peers as usize);
+    assert!(through
+        .iter()
+        .all(|r| r.gateway == Some(r.dst.network()) && r.oif == Some(vx)));
+
+    let mut batch = Batch::new();
+    for r in &through {
+        batch.del_route(r);
+    }
+    for i in 0..peers {
+        batch.del_nexthop(1000 + i);
+    }
+    assert!(h.run(batch).iter().all(Result::is_ok));
+    assert_eq!(h.nexthops().unwrap(), vec![other]);
+}
+
 #[test]
 fn monitor_sees_deletions() {
     let _ns = fresh_netns();
@@ -292,6 +449,9 @@ fn monitor_sees_deletions() {
     let mut monitor = Monitor::new().unwrap();
     h.add_bridge("br-m", None, None).unwrap();
     let br = h.link("br-m").unwrap().unwrap();
+    h.set_up(br.index).unwrap();
+    h.replace_nexthop(&Nexthop::new(5).dev(br.index)).unwrap();
+    h.del_nexthop(5).unwrap();
     h.del_link(br.index).unwrap();
     let mut seen = Vec::new();
     while !seen.contains(&Event::Link {
@@ -301,6 +461,7 @@ fn monitor_sees_deletions() {
         seen.extend(monitor.recv().unwrap());
         assert!(seen.len() < 100, "{seen:?}");
     }
+    assert!(seen.contains(&Event::Nexthop { deleted: true }), "{seen:?}");
 }
 
 #[test]

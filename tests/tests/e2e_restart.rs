@@ -119,6 +119,66 @@ fn flanneld_killed_keeps_datapath_subnet_and_lease() {
     }
 }
 
+/// A node whose datapath flannel programmed (plain `via … onlink` routes,
+/// no nexthop objects) gets flanneld: every route is replaced in place by
+/// one through a nexthop, and pings crossing the node all get answered.
+#[test]
+fn node_with_flannels_plain_routes_converges_without_losing_a_ping() {
+    let mut c = Cluster::new(2, ClusterOpts::default());
+    c.node_mut(0).add_pod("a");
+    c.node_mut(1).add_pod("b");
+    c.node_mut(0).stop_flanneld();
+    let node = c.node(0);
+    let dev = node.vxlan_dev();
+    let peer_subnet = c.node(1).subnet();
+    // What flannel leaves: the same route, plain.
+    let gw = peer_subnet.split('/').next().unwrap();
+    let ns = node.netns();
+    ns.sh(&[
+        "ip",
+        "route",
+        "replace",
+        &peer_subnet,
+        "via",
+        gw,
+        "dev",
+        &dev,
+        "onlink",
+    ]);
+    ns.sh(&["ip", "nexthop", "flush", "dev", &dev]);
+    assert!(ns.ip_json(&["route", "show", &peer_subnet])[0]["nhid"].is_null());
+
+    let target = c.node(1).pod("b").ip().to_string();
+    let mut cmd: Command = c.node(0).pod("a").cmd("ping");
+    cmd.args(["-n", "-i", "0.01", "-c", "300", "-W", "1", &target]);
+    let mut ping = Proc::spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    let monitor = watch_datapath(c.node(0));
+    c.node_mut(0).start_flanneld();
+    c.node_mut(0).wait_ready();
+    let node = c.node(0);
+    let nhid = || node.netns().ip_json(&["route", "show", &peer_subnet])[0]["nhid"].as_u64();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while nhid().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            node.flanneld_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ping.is_running(), "flanneld start outlasted the ping run");
+
+    let status = ping
+        .wait_timeout(Duration::from_secs(30))
+        .expect("ping finished");
+    let log = ping.log();
+    assert_eq!(counts(&log), Some((300, 300)), "{log}");
+    assert!(status.success(), "{log}");
+    let deleted = deletions(&monitor.log(), &dev);
+    assert!(deleted.is_empty(), "{deleted:?}");
+}
+
 /// Every lease key with its value, etcd lease and last modification.
 fn lease_records(c: &Cluster) -> Vec<Kv> {
     c.leases()

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use flannel_netlink::{
-    Addr, Batch, FdbEntry, Handle, Link, Mac, Neighbour, Result, Route, VxlanSpec,
+    Addr, Batch, FdbEntry, Handle, Link, Mac, Neighbour, Nexthop, Result, Route, VxlanSpec,
 };
 use ipnet::IpNet;
 
@@ -15,6 +15,8 @@ pub enum Op {
     DelNeigh { ip: IpAddr },
     ReplaceFdb { mac: Mac, dst: Ipv4Addr },
     DelFdb { mac: Mac, dst: Option<IpAddr> },
+    ReplaceNexthop(Nexthop),
+    DelNexthop { id: u32 },
     ReplaceRoute(Route),
     DelRoute(Route),
 }
@@ -33,6 +35,8 @@ pub trait Datapath {
     fn fdb(&mut self, index: u32) -> Result<Vec<FdbEntry>>;
     /// IPv4 routes of the main table.
     fn routes(&mut self) -> Result<Vec<Route>>;
+    /// Every nexthop object (EOPNOTSUPP on kernels without them).
+    fn nexthops(&mut self) -> Result<Vec<Nexthop>>;
     /// Applies `ops` on device `index`, in order, in as few round trips as
     /// possible; one result per op.
     fn apply(&mut self, index: u32, ops: &[Op]) -> Vec<Result<()>>;
@@ -86,18 +90,35 @@ impl Datapath for KernelDatapath {
     fn routes(&mut self) -> Result<Vec<Route>> {
         self.handle.routes(false)
     }
+    fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
+        self.handle.nexthops()
+    }
     fn apply(&mut self, index: u32, ops: &[Op]) -> Vec<Result<()>> {
-        let mut batch = Batch::new();
-        for op in ops {
-            match op {
-                Op::ReplaceNeigh { ip, mac } => batch.replace_neigh(index, (*ip).into(), *mac),
-                Op::DelNeigh { ip } => batch.del_neigh(index, *ip),
-                Op::ReplaceFdb { mac, dst } => batch.replace_fdb(index, *mac, (*dst).into()),
-                Op::DelFdb { mac, dst } => batch.del_fdb(index, *mac, *dst),
-                Op::ReplaceRoute(r) => batch.replace_route(r),
-                Op::DelRoute(r) => batch.del_route(r),
-            }
+        // The socket sends a few hundred requests per `sendmsg` anyway;
+        // building the batch a slice at a time keeps only that slice's
+        // messages in memory, not thousands.
+        let mut results = Vec::with_capacity(ops.len());
+        for slice in ops.chunks(APPLY_SLICE) {
+            let mut batch = Batch::new();
+            slice.iter().for_each(|op| add_op(&mut batch, index, op));
+            results.extend(self.handle.run(batch));
         }
-        self.handle.run(batch)
+        results
+    }
+}
+
+/// Ops turned into netlink messages at a time by [`KernelDatapath::apply`].
+const APPLY_SLICE: usize = 1024;
+
+fn add_op(batch: &mut Batch, index: u32, op: &Op) {
+    match op {
+        Op::ReplaceNeigh { ip, mac } => batch.replace_neigh(index, (*ip).into(), *mac),
+        Op::DelNeigh { ip } => batch.del_neigh(index, *ip),
+        Op::ReplaceFdb { mac, dst } => batch.replace_fdb(index, *mac, (*dst).into()),
+        Op::DelFdb { mac, dst } => batch.del_fdb(index, *mac, *dst),
+        Op::ReplaceNexthop(nh) => batch.replace_nexthop(nh),
+        Op::DelNexthop { id } => batch.del_nexthop(*id),
+        Op::ReplaceRoute(r) => batch.replace_route(r),
+        Op::DelRoute(r) => batch.del_route(r),
     }
 }

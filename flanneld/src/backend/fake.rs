@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use flannel_netlink::{
-    Addr, Error, FdbEntry, Link, Neighbour, Result, Route, VxlanInfo, VxlanSpec,
+    Addr, Error, FdbEntry, Link, Neighbour, Nexthop, Result, Route, VxlanInfo, VxlanSpec,
 };
 use ipnet::IpNet;
 
@@ -15,7 +15,16 @@ pub struct FakeKernel {
     pub addrs: Vec<Addr>,
     pub neighs: Vec<Neighbour>,
     pub fdb: Vec<FdbEntry>,
+    /// As sent: a route through a nexthop has only its id.
     pub routes: Vec<Route>,
+    pub nexthops: Vec<Nexthop>,
+    /// A kernel before 5.3: every nexthop request fails with EOPNOTSUPP.
+    pub no_nexthops: bool,
+    /// `net.ipv4.nexthop_compat_mode=0`: dumps of routes through a nexthop
+    /// show only its id, not its gateway and device.
+    pub no_compat: bool,
+    /// Nexthop dumps asked for.
+    pub nexthop_dumps: usize,
     /// Every op applied, in order.
     pub log: Vec<Op>,
     pub created: usize,
@@ -23,12 +32,16 @@ pub struct FakeKernel {
     next_index: u32,
 }
 
-fn not_found(what: &str) -> Error {
+fn kernel_error(what: &str, errno: i32) -> Error {
     Error::Kernel {
         op: what.into(),
-        errno: libc::ENOENT,
-        msg: "not found".into(),
+        errno,
+        msg: std::io::Error::from_raw_os_error(errno).to_string(),
     }
+}
+
+fn not_found(what: &str) -> Error {
+    kernel_error(what, libc::ENOENT)
 }
 
 impl FakeKernel {
@@ -69,13 +82,58 @@ impl FakeKernel {
                     return Err(not_found("del fdb"));
                 }
             }
+            Op::ReplaceNexthop(nh) => self.replace_nexthop(nh)?,
+            Op::DelNexthop { id } => self.del_nexthop(*id)?,
             Op::ReplaceRoute(r) => {
-                self.routes.retain(|x| x.dst != r.dst);
-                self.routes.push(r.clone());
+                if r.nhid
+                    .is_some_and(|id| !self.nexthops.iter().any(|n| n.id == id))
+                {
+                    return Err(kernel_error("replace route", libc::EINVAL));
+                }
+                // In place: the kernel swaps the entry, there is no moment
+                // without a route.
+                match self.routes.iter_mut().find(|x| x.dst == r.dst) {
+                    Some(x) => *x = r.clone(),
+                    None => self.routes.push(r.clone()),
+                }
             }
             Op::DelRoute(r) => self.routes.retain(|x| x.dst != r.dst),
         }
         Ok(())
+    }
+
+    fn replace_nexthop(&mut self, nh: &Nexthop) -> Result<()> {
+        if self.no_nexthops {
+            return Err(kernel_error("replace nexthop", libc::EOPNOTSUPP));
+        }
+        match self.nexthops.iter_mut().find(|n| n.id == nh.id) {
+            Some(n) => *n = nh.clone(),
+            None => self.nexthops.push(nh.clone()),
+        }
+        Ok(())
+    }
+
+    /// Like the kernel, takes the routes using the nexthop along.
+    pub fn del_nexthop(&mut self, id: u32) -> Result<()> {
+        let before = self.nexthops.len();
+        self.nexthops.retain(|n| n.id != id);
+        if self.nexthops.len() == before {
+            return Err(not_found("del nexthop"));
+        }
+        self.routes.retain(|r| r.nhid != Some(id));
+        Ok(())
+    }
+
+    /// A route as a dump shows it.
+    fn dumped(&self, r: &Route) -> Route {
+        let mut r = r.clone();
+        let nh = r
+            .nhid
+            .and_then(|id| self.nexthops.iter().find(|n| n.id == id));
+        if let Some(nh) = nh.filter(|_| !self.no_compat) {
+            (r.gateway, r.oif, r.onlink) = (nh.gateway, nh.oif, nh.onlink);
+        }
+        r
     }
 }
 
@@ -112,6 +170,15 @@ impl Datapath for FakeKernel {
         self.neighs.retain(|n| n.index != index);
         self.fdb.retain(|f| f.index != index);
         self.routes.retain(|r| r.oif != Some(index));
+        let gone: Vec<u32> = self
+            .nexthops
+            .iter()
+            .filter(|n| n.oif == Some(index))
+            .map(|n| n.id)
+            .collect();
+        for id in gone {
+            self.del_nexthop(id)?;
+        }
         Ok(())
     }
     fn set_up(&mut self, index: u32) -> Result<()> {
@@ -161,7 +228,14 @@ impl Datapath for FakeKernel {
             .collect())
     }
     fn routes(&mut self) -> Result<Vec<Route>> {
-        Ok(self.routes.clone())
+        Ok(self.routes.iter().map(|r| self.dumped(r)).collect())
+    }
+    fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
+        self.nexthop_dumps += 1;
+        if self.no_nexthops {
+            return Err(kernel_error("dump nexthops", libc::EOPNOTSUPP));
+        }
+        Ok(self.nexthops.clone())
     }
     fn apply(&mut self, index: u32, ops: &[Op]) -> Vec<Result<()>> {
         self.round_trips += 1;

@@ -11,6 +11,11 @@
 //! route      <peer subnet> via <peer subnet>.0 dev flannel.N onlink
 //! ```
 //!
+//! The route goes through a nexthop object where the kernel has them
+//! (`nexthop id N via <peer subnet>.0 dev flannel.N onlink` + `route <peer
+//! subnet> nhid N`): the same forwarding, several times faster to program
+//! ([`nexthop`]).
+//!
 //! A packet to a pod on that node takes the route, resolves the gateway
 //! through the static neighbour to the peer's VTEP MAC, and the FDB maps
 //! that MAC to the peer's public address as the outer destination.
@@ -25,11 +30,13 @@
 
 pub mod datapath;
 pub mod device;
+pub mod nexthop;
 pub mod plan;
 pub mod reconciler;
 
 pub use datapath::{Datapath, KernelDatapath, Op};
 pub use device::DeviceSpec;
+pub use nexthop::RouteMode;
 pub use plan::{plan, Actual, Desired};
 pub use reconciler::{Reconciler, Shared, Update};
 

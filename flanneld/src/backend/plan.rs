@@ -4,9 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use flannel_netlink::{FdbEntry, Mac, Neighbour, Route};
+use flannel_netlink::{FdbEntry, Mac, Neighbour, Nexthop, Route};
 use ipnet::{IpNet, Ipv4Net};
 
+use super::nexthop::{self, RouteMode};
 use super::Op;
 use crate::lease::Peer;
 
@@ -16,6 +17,7 @@ pub struct Desired<'a> {
     pub index: u32,
     pub cluster: Ipv4Net,
     pub peers: &'a [Peer],
+    pub mode: RouteMode,
 }
 
 /// What the kernel has (already filtered to the device for neigh/FDB).
@@ -25,6 +27,8 @@ pub struct Actual {
     pub fdb: Vec<FdbEntry>,
     /// Main-table IPv4 routes.
     pub routes: Vec<Route>,
+    /// Every nexthop of the namespace (none in plain mode).
+    pub nexthops: Vec<Nexthop>,
 }
 
 /// The gateway of a peer's route: its subnet's network address, which is
@@ -41,13 +45,66 @@ pub fn peer_route(index: u32, peer: &Peer) -> Route {
         .onlink()
 }
 
-/// Removals first (route, FDB, neighbour: the reverse of setup), then for
-/// each peer neighbour → FDB → route, so a route never points at a
-/// gateway that cannot be resolved yet.
+/// What one peer needs besides its neighbour and FDB entry.
+struct Want<'p> {
+    peer: &'p Peer,
+    /// Shared by peers with the same gateway (subnets that differ only in
+    /// prefix length).
+    nexthop: Option<Nexthop>,
+    route: Route,
+}
+
+/// The nexthop (if this peer gets one) and route for `p`. An id held by a
+/// nexthop that is not ours is left alone: that peer gets a plain route.
+fn want<'p>(d: &Desired, p: &'p Peer, foreign: &HashSet<u32>) -> Want<'p> {
+    let id = match d.mode {
+        RouteMode::Nexthop => nexthop::id_for(d.cluster, gateway(p)),
+        RouteMode::Plain => None,
+    };
+    let nh = id
+        .filter(|id| !foreign.contains(id))
+        .map(|id| nexthop::nexthop(id, gateway(p), d.index));
+    let route = match &nh {
+        Some(nh) => Route::new(IpNet::V4(p.subnet)).nhid(nh.id),
+        None => peer_route(d.index, p),
+    };
+    Want {
+        peer: p,
+        nexthop: nh,
+        route,
+    }
+}
+
+/// Removals first (route, nexthop, FDB, neighbour: the reverse of setup),
+/// then for each peer neighbour → FDB → nexthop → route, so a route never
+/// points at a gateway that cannot be resolved yet. A route that exists in
+/// another form (a plain one where a nexthop is wanted) is replaced in
+/// place, never deleted first.
 pub fn plan(d: &Desired, a: &Actual) -> Vec<Op> {
-    let mut ops = stale_routes(d, a);
+    let owned: HashMap<u32, &Nexthop> = a
+        .nexthops
+        .iter()
+        .filter(|n| nexthop::is_ours(n))
+        .map(|n| (n.id, n))
+        .collect();
+    let foreign: HashSet<u32> = a
+        .nexthops
+        .iter()
+        .filter(|n| !nexthop::is_ours(n))
+        .map(|n| n.id)
+        .collect();
+    let wants: Vec<Want> = d.peers.iter().map(|p| want(d, p, &foreign)).collect();
+    let mut ops = stale_routes(d, a, &owned);
+    ops.extend(stale_nexthops(&wants, &owned));
     ops.extend(stale_fdb(d, a));
     ops.extend(stale_neighs(d, a));
+    ops.extend(additions(wants, a, &owned));
+    ops
+}
+
+/// Neighbours, then FDB entries, then nexthops, then routes that are
+/// missing or wrong.
+fn additions(wants: Vec<Want>, a: &Actual, owned: &HashMap<u32, &Nexthop>) -> Vec<Op> {
     let neighs: HashMap<IpAddr, &Neighbour> = a.neighs.iter().map(|n| (n.ip, n)).collect();
     let mut fdb: HashMap<Mac, Vec<&FdbEntry>> = HashMap::new();
     for f in &a.fdb {
@@ -56,12 +113,13 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Op> {
     let routes: HashMap<IpNet, &Route> = a
         .routes
         .iter()
-        .filter(|r| is_plain(r))
+        .filter(|r| has_default_metric(r))
         .map(|r| (r.dst, r))
         .collect();
-    let (mut n_ops, mut f_ops, mut r_ops) = (Vec::new(), Vec::new(), Vec::new());
-    for p in d.peers {
-        let gw = gateway(p);
+    let (mut n_ops, mut f_ops, mut h_ops, mut r_ops) = (vec![], vec![], vec![], vec![]);
+    let mut nexthops_done = HashSet::new();
+    for w in wants {
+        let (p, gw) = (w.peer, gateway(w.peer));
         let neigh_ok = neighs
             .get(&IpAddr::V4(gw))
             .is_some_and(|n| n.permanent && n.mac == Some(p.vtep_mac));
@@ -71,28 +129,48 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Op> {
                 mac: p.vtep_mac,
             });
         }
-        f_ops.extend(fdb_ops(
-            p,
-            fdb.get(&p.vtep_mac).map_or(&[][..], Vec::as_slice),
-        ));
-        let want = peer_route(d.index, p);
-        if !routes.get(&want.dst).is_some_and(|r| same_route(r, &want)) {
-            r_ops.push(Op::ReplaceRoute(want));
+        let have = fdb.get(&p.vtep_mac).map_or(&[][..], Vec::as_slice);
+        f_ops.extend(fdb_ops(p, have));
+        if let Some(nh) = w.nexthop.filter(|n| nexthops_done.insert(n.id)) {
+            if !owned.get(&nh.id).is_some_and(|h| same_nexthop(h, &nh)) {
+                h_ops.push(Op::ReplaceNexthop(nh));
+            }
+        }
+        if !routes
+            .get(&w.route.dst)
+            .is_some_and(|r| same_route(r, &w.route))
+        {
+            r_ops.push(Op::ReplaceRoute(w.route));
         }
     }
-    ops.extend(n_ops);
-    ops.extend(f_ops);
-    ops.extend(r_ops);
-    ops
+    n_ops.extend(f_ops);
+    n_ops.extend(h_ops);
+    n_ops.extend(r_ops);
+    n_ops
 }
 
 /// A route in the default position (no metric), the one `replace` targets.
-fn is_plain(r: &Route) -> bool {
+fn has_default_metric(r: &Route) -> bool {
     r.metric.unwrap_or(0) == 0
 }
 
+/// Dumps show a nexthop route's gateway and device too (compat mode), so
+/// the nexthop id is what tells the two forms apart.
 fn same_route(have: &Route, want: &Route) -> bool {
-    have.gateway == want.gateway && have.oif == want.oif && have.onlink && have.src.is_none()
+    let target = match want.nhid {
+        Some(id) => have.nhid == Some(id),
+        None => {
+            have.nhid.is_none()
+                && have.gateway == want.gateway
+                && have.oif == want.oif
+                && have.onlink
+        }
+    };
+    target && have.src.is_none()
+}
+
+fn same_nexthop(have: &Nexthop, want: &Nexthop) -> bool {
+    have.gateway == want.gateway && have.oif == want.oif && have.onlink
 }
 
 /// The FDB for a peer's MAC must be exactly one entry towards its PublicIP.
@@ -130,16 +208,37 @@ fn fdb_ops(p: &Peer, have: &[&FdbEntry]) -> Vec<Op> {
 }
 
 /// Our routes are the ones on the device with a gateway inside the cluster
-/// network; any such route to a subnet that is no longer a peer goes.
-fn stale_routes(d: &Desired, a: &Actual) -> Vec<Op> {
+/// network, or through one of our nexthops; any such route to a subnet
+/// that is no longer a peer goes.
+fn stale_routes(d: &Desired, a: &Actual, owned: &HashMap<u32, &Nexthop>) -> Vec<Op> {
     let wanted: HashSet<IpNet> = d.peers.iter().map(|p| IpNet::V4(p.subnet)).collect();
+    let ours = |r: &Route| {
+        (r.oif == Some(d.index) && r.gateway.is_some())
+            || r.nhid.is_some_and(|id| owned.contains_key(&id))
+    };
     a.routes
         .iter()
-        .filter(|r| r.oif == Some(d.index) && r.gateway.is_some())
+        .filter(|r| ours(r))
         .filter(|r| matches!(r.dst, IpNet::V4(n) if d.cluster.contains(&n)))
         .filter(|r| !wanted.contains(&r.dst))
         .map(|r| Op::DelRoute(r.clone()))
         .collect()
+}
+
+/// Our nexthops that no peer uses any more. Deleting one would take the
+/// routes using it along, so it goes only after they have.
+fn stale_nexthops(wants: &[Want], owned: &HashMap<u32, &Nexthop>) -> Vec<Op> {
+    let wanted: HashSet<u32> = wants
+        .iter()
+        .filter_map(|w| w.nexthop.as_ref().map(|n| n.id))
+        .collect();
+    let mut stale: Vec<u32> = owned
+        .keys()
+        .copied()
+        .filter(|id| !wanted.contains(id))
+        .collect();
+    stale.sort_unstable();
+    stale.into_iter().map(|id| Op::DelNexthop { id }).collect()
 }
 
 fn stale_fdb(d: &Desired, a: &Actual) -> Vec<Op> {
@@ -199,11 +298,57 @@ mod tests {
         a
     }
 
+    /// Plain routes, as on a kernel without nexthop objects.
     fn desired(peers: &[Peer]) -> Desired<'_> {
         Desired {
             index: DEV,
             cluster: "10.244.0.0/16".parse().unwrap(),
             peers,
+            mode: RouteMode::Plain,
+        }
+    }
+
+    fn desired_nh(peers: &[Peer]) -> Desired<'_> {
+        Desired {
+            mode: RouteMode::Nexthop,
+            ..desired(peers)
+        }
+    }
+
+    fn nh_id(p: &Peer) -> u32 {
+        nexthop::id_for("10.244.0.0/16".parse().unwrap(), gateway(p)).unwrap()
+    }
+
+    fn nh_of(p: &Peer) -> Nexthop {
+        nexthop::nexthop(nh_id(p), gateway(p), DEV)
+    }
+
+    /// A route through the peer's nexthop as a dump shows it (compat mode:
+    /// gateway, device and onlink filled in from the nexthop).
+    fn nh_route_dumped(p: &Peer) -> Route {
+        let mut r = peer_route(DEV, p);
+        r.nhid = Some(nh_id(p));
+        r
+    }
+
+    /// The kernel state after a nexthop-mode plan ran on an empty device.
+    fn programmed_nh(peers: &[Peer]) -> Actual {
+        let mut a = programmed(peers);
+        a.routes = peers.iter().map(nh_route_dumped).collect();
+        a.nexthops = peers.iter().map(nh_of).collect();
+        a
+    }
+
+    fn kind(op: &Op) -> &'static str {
+        match op {
+            Op::ReplaceNeigh { .. } => "neigh",
+            Op::ReplaceFdb { .. } => "fdb",
+            Op::ReplaceNexthop(_) => "nexthop",
+            Op::ReplaceRoute(_) => "route",
+            Op::DelNeigh { .. } => "-neigh",
+            Op::DelFdb { .. } => "-fdb",
+            Op::DelNexthop { .. } => "-nexthop",
+            Op::DelRoute(_) => "-route",
         }
     }
 
@@ -341,6 +486,164 @@ mod tests {
                 },
                 Op::ReplaceRoute(peer_route(DEV, &peers[0])),
             ]
+        );
+    }
+
+    #[test]
+    fn nexthop_mode_adds_neigh_fdb_nexthop_then_route() {
+        let peers = [peer(2, 2, 12), peer(3, 3, 13)];
+        let ops = plan(&desired_nh(&peers), &Actual::default());
+        let kinds: Vec<&str> = ops.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            ["neigh", "neigh", "fdb", "fdb", "nexthop", "nexthop", "route", "route"]
+        );
+        let id = nexthop::ID_BASE + 2 * 256;
+        let want_nh = Nexthop::new(id)
+            .via("10.244.2.0".parse().unwrap())
+            .dev(DEV)
+            .onlink()
+            .protocol(nexthop::PROTOCOL);
+        assert_eq!(ops[4], Op::ReplaceNexthop(want_nh));
+        let want_route = Route::new("10.244.2.0/24".parse().unwrap()).nhid(id);
+        assert_eq!(ops[6], Op::ReplaceRoute(want_route));
+    }
+
+    #[test]
+    fn nexthop_state_needs_nothing_with_or_without_compat_dumps() {
+        let peers = [peer(2, 2, 12), peer(3, 3, 13)];
+        let mut actual = programmed_nh(&peers);
+        // Others' nexthops stay: outside our range with our protocol, and
+        // inside it with another protocol.
+        let gw = "10.244.9.0".parse().unwrap();
+        actual.nexthops.push(nexthop::nexthop(5, gw, DEV));
+        let theirs = nexthop::nexthop(nexthop::ID_BASE + 9 * 256, gw, DEV).protocol(3);
+        actual.nexthops.push(theirs);
+        assert_eq!(plan(&desired_nh(&peers), &actual), vec![]);
+        // net.ipv4.nexthop_compat_mode=0: dumps show only the id.
+        for r in &mut actual.routes {
+            (r.gateway, r.oif, r.onlink) = (None, None, false);
+        }
+        assert_eq!(plan(&desired_nh(&peers), &actual), vec![]);
+    }
+
+    #[test]
+    fn plain_routes_are_replaced_in_place_by_nexthop_routes() {
+        // A node that ran flannel: neighbour, FDB entry and plain route.
+        let peers = [peer(2, 2, 12), peer(3, 3, 13)];
+        let ops = plan(&desired_nh(&peers), &programmed(&peers));
+        let kinds: Vec<&str> = ops.iter().map(kind).collect();
+        assert_eq!(kinds, ["nexthop", "nexthop", "route", "route"]);
+        assert_eq!(
+            ops[2],
+            Op::ReplaceRoute(Route::new(IpNet::V4(peers[0].subnet)).nhid(nh_id(&peers[0])))
+        );
+    }
+
+    #[test]
+    fn removed_peer_loses_route_nexthop_fdb_neighbour_in_that_order() {
+        let peers = [peer(2, 2, 12), peer(3, 3, 13)];
+        let actual = programmed_nh(&peers);
+        let ops = plan(&desired_nh(&peers[..1]), &actual);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DelRoute(nh_route_dumped(&peers[1])),
+                Op::DelNexthop {
+                    id: nh_id(&peers[1])
+                },
+                Op::DelFdb {
+                    mac: [2, 0, 0, 0, 0, 3],
+                    dst: Some("192.0.2.13".parse().unwrap())
+                },
+                Op::DelNeigh {
+                    ip: "10.244.3.0".parse().unwrap()
+                },
+            ]
+        );
+        // Leftover nexthops of ours with no route are removed too; a
+        // route through one of ours is recognised even without compat.
+        let mut actual = programmed_nh(&peers);
+        actual.routes[1].gateway = None;
+        actual.routes[1].oif = None;
+        actual.nexthops.push(nh_of(&peer(7, 7, 17)));
+        let ops = plan(&desired_nh(&peers[..1]), &actual);
+        let kinds: Vec<&str> = ops.iter().map(kind).collect();
+        assert_eq!(kinds, ["-route", "-nexthop", "-nexthop", "-fdb", "-neigh"]);
+    }
+
+    #[test]
+    fn new_mac_or_public_ip_leaves_nexthop_and_route_alone() {
+        let old = [peer(2, 2, 12)];
+        let actual = programmed_nh(&old);
+        let ops = plan(&desired_nh(&[peer(2, 9, 12)]), &actual);
+        let kinds: Vec<&str> = ops.iter().map(kind).collect();
+        assert_eq!(kinds, ["-fdb", "neigh", "fdb"]);
+        let ops = plan(&desired_nh(&[peer(2, 2, 99)]), &actual);
+        assert_eq!(
+            ops,
+            vec![Op::ReplaceFdb {
+                mac: [2, 0, 0, 0, 0, 2],
+                dst: "192.0.2.99".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn altered_or_deleted_nexthop_is_restored() {
+        let peers = [peer(2, 2, 12), peer(3, 3, 13)];
+        let mut actual = programmed_nh(&peers);
+        // Someone points ours elsewhere: replaced in place, the route stays.
+        actual.nexthops[0].gateway = Some("10.244.99.0".parse().unwrap());
+        actual.nexthops[0].onlink = false;
+        // Someone deletes the other (the kernel takes its route along).
+        actual.nexthops.remove(1);
+        actual.routes.remove(1);
+        let ops = plan(&desired_nh(&peers), &actual);
+        assert_eq!(
+            ops,
+            vec![
+                Op::ReplaceNexthop(nh_of(&peers[0])),
+                Op::ReplaceNexthop(nh_of(&peers[1])),
+                Op::ReplaceRoute(Route::new(IpNet::V4(peers[1].subnet)).nhid(nh_id(&peers[1]))),
+            ]
+        );
+    }
+
+    #[test]
+    fn id_taken_by_someone_else_means_a_plain_route() {
+        let peers = [peer(2, 2, 12)];
+        let theirs = nexthop::nexthop(nh_id(&peers[0]), "10.1.1.1".parse().unwrap(), 3).protocol(4);
+        let mut actual = programmed(&peers);
+        actual.nexthops.push(theirs);
+        // The plain route in place is right: nothing to do, theirs untouched.
+        assert_eq!(plan(&desired_nh(&peers), &actual), vec![]);
+        actual.routes.clear();
+        assert_eq!(
+            plan(&desired_nh(&peers), &actual),
+            vec![Op::ReplaceRoute(peer_route(DEV, &peers[0]))]
+        );
+    }
+
+    #[test]
+    fn subnets_with_one_gateway_share_one_nexthop() {
+        let mut half = peer(2, 5, 15);
+        half.subnet = "10.244.2.0/25".parse().unwrap();
+        let peers = [peer(2, 2, 12), half];
+        let ops = plan(&desired_nh(&peers), &Actual::default());
+        let nexthops = ops.iter().filter(|o| kind(o) == "nexthop").count();
+        let routes: Vec<_> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::ReplaceRoute(r) => Some((r.dst.to_string(), r.nhid)),
+                _ => None,
+            })
+            .collect();
+        let id = Some(nexthop::ID_BASE + 2 * 256);
+        assert_eq!(nexthops, 1);
+        assert_eq!(
+            routes,
+            [("10.244.2.0/24".into(), id), ("10.244.2.0/25".into(), id)]
         );
     }
 }

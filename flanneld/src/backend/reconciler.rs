@@ -2,9 +2,10 @@
 //!
 //! It keeps the latest target (device + peers), and on every trigger (a new
 //! target, a kernel change notification, or the resync timer) runs one
-//! pass: ensure the device, dump neighbours/FDB/routes, apply the
+//! pass: ensure the device, dump neighbours/FDB/nexthops/routes, apply the
 //! difference in one netlink batch. Triggers that arrive during a pass are
-//! coalesced into the next one.
+//! coalesced into the next one. Whether the kernel has nexthop objects is
+//! asked once, before the first pass.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 use subnet_env::SubnetEnv;
 
+use super::nexthop::{self, RouteMode};
 use super::plan::{gateway, plan, Actual, Desired};
 use super::{device, Datapath, DeviceSpec, Op};
 use crate::lease::Peer;
@@ -65,6 +67,8 @@ pub struct Pass {
 pub struct Reconciler<D> {
     dp: D,
     target: Option<Target>,
+    /// Decided by the first successful probe, then kept.
+    mode: Option<RouteMode>,
     written: Option<SubnetEnv>,
     shared: Arc<Shared>,
     resync: Duration,
@@ -75,6 +79,7 @@ impl<D: Datapath> Reconciler<D> {
         Reconciler {
             dp,
             target: None,
+            mode: None,
             written: None,
             shared,
             resync,
@@ -115,9 +120,11 @@ impl<D: Datapath> Reconciler<D> {
         let Some(target) = self.target.clone() else {
             return;
         };
-        let m = &self.shared.metrics;
         let start = Instant::now();
-        let result = reconcile(&mut self.dp, &target);
+        let result = self
+            .route_mode()
+            .and_then(|mode| reconcile(&mut self.dp, &target, mode));
+        let m = &self.shared.metrics;
         let us = start.elapsed().as_micros() as u64;
         Metrics::add(&m.reconcile_runs, 1);
         Metrics::add(&m.reconcile_seconds_sum_us, us);
@@ -133,6 +140,25 @@ impl<D: Datapath> Reconciler<D> {
                 crate::error!("reconcile failed (retrying): {e}");
             }
         }
+    }
+
+    fn route_mode(&mut self) -> flannel_netlink::Result<RouteMode> {
+        if let Some(mode) = self.mode {
+            return Ok(mode);
+        }
+        let mode = nexthop::probe(&mut self.dp)?;
+        match mode {
+            RouteMode::Nexthop => crate::info!(
+                "peer routes through nexthop objects (ids from {}, proto {})",
+                nexthop::ID_BASE,
+                nexthop::PROTOCOL
+            ),
+            RouteMode::Plain => {
+                crate::warn!("the kernel has no nexthop objects: plain peer routes")
+            }
+        }
+        self.mode = Some(mode);
+        Ok(mode)
     }
 
     fn after_pass(&mut self, target: &Target, p: &Pass) {
@@ -163,18 +189,28 @@ impl<D: Datapath> Reconciler<D> {
     }
 }
 
-/// Brings the kernel to `target`: device first, then the per-peer entries.
-pub fn reconcile<D: Datapath>(dp: &mut D, target: &Target) -> flannel_netlink::Result<Pass> {
+/// Brings the kernel to `target`: device first, then the per-peer entries,
+/// with routes built as `mode` says.
+pub fn reconcile<D: Datapath>(
+    dp: &mut D,
+    target: &Target,
+    mode: RouteMode,
+) -> flannel_netlink::Result<Pass> {
     let index = device::ensure(dp, &target.device)?;
     let actual = Actual {
         neighs: dp.neighs(index)?,
         fdb: dp.fdb(index)?,
         routes: dp.routes()?,
+        nexthops: match mode {
+            RouteMode::Nexthop => dp.nexthops()?,
+            RouteMode::Plain => Vec::new(),
+        },
     };
     let desired = Desired {
         index,
         cluster: target.cluster,
         peers: &target.peers,
+        mode,
     };
     let ops = plan(&desired, &actual);
     let results = if ops.is_empty() {
@@ -206,9 +242,11 @@ fn peer_of(op: &Op, peers: &[Peer]) -> Option<Ipv4Net> {
         .find(|p| match op {
             Op::ReplaceNeigh { ip, .. } => *ip == gateway(p),
             Op::ReplaceFdb { mac, .. } => *mac == p.vtep_mac,
+            Op::ReplaceNexthop(n) => n.gateway == Some(IpAddr::V4(gateway(p))),
             Op::ReplaceRoute(r) => r.dst == IpNet::V4(p.subnet),
             Op::DelNeigh { ip } => *ip == IpAddr::V4(gateway(p)),
             Op::DelFdb { mac, .. } => *mac == p.vtep_mac,
+            Op::DelNexthop { .. } => false,
             Op::DelRoute(r) => r.dst == IpNet::V4(p.subnet),
         })
         .map(|p| p.subnet)

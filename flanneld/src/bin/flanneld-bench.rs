@@ -6,10 +6,13 @@
 //!
 //! 1. Time: in fresh network namespaces (each with a veth stand-in NIC and
 //!    an identical `flannel.1`), one reconcile pass programming N peers
-//!    (neighbour + FDB + route each) against `ip -batch` (neighbours and
-//!    routes) + `bridge -batch` (FDB) of the same entries. Rounds are
-//!    interleaved and alternate which side goes first; medians, p95, p99
-//!    and the ratio are printed side by side.
+//!    (neighbour + FDB + route each; the route through a nexthop object
+//!    where the kernel has them) against `ip -batch` (neighbours and
+//!    flannel's plain routes) + `bridge -batch` (FDB) of the same entries,
+//!    and the reconcile pass forced to plain routes (the fallback for
+//!    kernels without nexthops). Rounds are interleaved and rotate which
+//!    side goes first; medians, p95, p99 and the ratios are printed side
+//!    by side.
 //! 2. Memory: a real flanneld in a namespace, against a real etcd (inside
 //!    that namespace, on loopback) holding N peer leases: VmRSS and VmHWM
 //!    once all N routes are programmed.
@@ -23,8 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flannel_netlink::{Handle, Netns, NetnsGuard};
+use flanneld::backend::nexthop::probe;
 use flanneld::backend::reconciler::{reconcile, Target};
-use flanneld::backend::{DeviceSpec, KernelDatapath};
+use flanneld::backend::{DeviceSpec, KernelDatapath, RouteMode};
 use flanneld::lease::{format_mac, Peer};
 use subnet_env::SubnetEnv;
 
@@ -159,8 +163,10 @@ fn target(peers: Vec<Peer>, index: u32, dir: &Path) -> Target {
     }
 }
 
-/// One reconcile pass programming every peer; returns its duration.
-fn ours(peers: &[Peer]) -> Duration {
+/// One reconcile pass programming every peer, after the start-up probe
+/// for nexthop objects (or with plain routes when `plain`); returns its
+/// duration and the route mode used.
+fn ours(peers: &[Peer], plain: bool) -> (Duration, RouteMode) {
     let ns = Ns::new("o").with_device();
     let netns = Netns::open(&ns.path()).expect("open netns");
     let mut h = Handle::in_netns(&netns).expect("netlink socket");
@@ -168,14 +174,19 @@ fn ours(peers: &[Peer]) -> Duration {
     let t = target(peers.to_vec(), eth0, Path::new("/nonexistent"));
     let mut dp = KernelDatapath::new(h);
     let start = Instant::now();
-    let pass = reconcile(&mut dp, &t).expect("reconcile");
+    let mode = match plain {
+        true => RouteMode::Plain,
+        false => probe(&mut dp).expect("probe nexthops"),
+    };
+    let pass = reconcile(&mut dp, &t, mode).expect("reconcile");
     let took = start.elapsed();
+    let per_peer = if mode == RouteMode::Nexthop { 4 } else { 3 };
     assert_eq!(
         (pass.ops, pass.failed),
-        (peers.len() * 3, 0),
+        (peers.len() * per_peer, 0),
         "reconcile programmed everything"
     );
-    took
+    (took, mode)
 }
 
 /// `ip -batch` + `bridge -batch` of the same entries; returns the duration.
@@ -236,44 +247,63 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+fn row(label: &str, s: &Stats) {
+    println!(
+        "  {:<34} {:>10} {:>10} {:>10}",
+        label,
+        ms(s.median),
+        ms(s.p95),
+        ms(s.p99)
+    );
+}
+
 fn time_section(a: &Args) -> f64 {
     let peers = peers(a.peers);
-    let (mut o, mut r) = (Vec::new(), Vec::new());
-    // One warm-up round of each, then interleaved rounds alternating order.
-    ours(&peers);
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut mode = RouteMode::Plain;
+    // One warm-up round of each, then interleaved rounds rotating which
+    // side goes first.
+    ours(&peers, false);
+    ours(&peers, true);
     reference(&peers);
     for round in 0..a.rounds {
-        if round % 2 == 0 {
-            o.push(ours(&peers));
-            r.push(reference(&peers));
-        } else {
-            r.push(reference(&peers));
-            o.push(ours(&peers));
+        for side in (0..3).map(|i| (i + round) % 3) {
+            times[side].push(match side {
+                0 => {
+                    let (took, m) = ours(&peers, false);
+                    mode = m;
+                    took
+                }
+                1 => ours(&peers, true).0,
+                _ => reference(&peers),
+            });
         }
     }
-    let (so, sr) = (stats(o), stats(r));
+    let [auto, plain, reference] = times.map(stats);
     println!(
         "Programming {} peers (neighbour + FDB + route each), {} rounds:",
         a.peers, a.rounds
     );
     println!("  {:<34} {:>10} {:>10} {:>10}", "", "median", "p95", "p99");
+    let label = match mode {
+        RouteMode::Nexthop => "flanneld, nexthop routes",
+        RouteMode::Plain => "flanneld (no nexthops: plain)",
+    };
+    row(label, &auto);
+    row("flanneld, plain routes (fallback)", &plain);
+    row("ip -batch + bridge -batch (plain)", &reference);
+    let ratio = |s: &Stats| s.median.as_secs_f64() / reference.median.as_secs_f64();
     println!(
-        "  {:<34} {:>10} {:>10} {:>10}",
-        "flanneld reconcile (one pass)",
-        ms(so.median),
-        ms(so.p95),
-        ms(so.p99)
+        "  ratio vs ip+bridge (medians): {:.2}x {}, {:.2}x plain   (target <= 1.5x)",
+        ratio(&auto),
+        if mode == RouteMode::Nexthop {
+            "nexthop"
+        } else {
+            "plain"
+        },
+        ratio(&plain)
     );
-    println!(
-        "  {:<34} {:>10} {:>10} {:>10}",
-        "ip -batch + bridge -batch",
-        ms(sr.median),
-        ms(sr.p95),
-        ms(sr.p99)
-    );
-    let ratio = so.median.as_secs_f64() / sr.median.as_secs_f64();
-    println!("  ratio (flanneld / ip+bridge, medians): {ratio:.2}x   (target <= 1.5x)");
-    ratio
+    ratio(&auto)
 }
 
 fn main() {

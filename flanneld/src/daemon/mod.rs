@@ -478,7 +478,7 @@ fn monitor(tx: Sender<Update>, shared: Arc<Shared>) {
             .load(std::sync::atomic::Ordering::Relaxed);
         let relevant = events.iter().any(|e| match e {
             K::Link { index, .. } | K::Neigh { index, .. } => *index == dev,
-            K::Route { deleted } => *deleted,
+            K::Route { deleted } | K::Nexthop { deleted } => *deleted,
             K::Overflow => true,
         });
         if relevant && tx.send(Update::Nudge).is_err() {

@@ -56,6 +56,29 @@ pub fn peer_entries(node: &Node, subnet: &str, mac: &str, public_ip: &str) -> (b
     (has_neigh, has_fdb, has_route)
 }
 
+/// flanneld's nexthop protocol, as `ip -j nexthop` shows it.
+pub const NEXTHOP_PROTO: &str = "241";
+
+/// The nexthop the peer route to `subnet` goes through (`ip -j nexthop`
+/// output of its `nhid`), `None` for a plain route or no route.
+pub fn route_nexthop(node: &Node, subnet: &str) -> Option<Value> {
+    let ns = node.netns();
+    let routes = ns.ip_json(&["route", "show", subnet]);
+    let id = routes[0]["nhid"].as_u64()?;
+    let nh = ns.ip_json(&["nexthop", "show", "id", &id.to_string()]);
+    Some(nh[0].clone())
+}
+
+/// flanneld's nexthops on the node's VXLAN device.
+pub fn our_nexthops(node: &Node) -> Vec<Value> {
+    let dev = node.vxlan_dev();
+    let all = node.netns().ip_json(&["nexthop", "show", "dev", &dev]);
+    arr(&all)
+        .into_iter()
+        .filter(|n| n["protocol"] == NEXTHOP_PROTO)
+        .collect()
+}
+
 pub fn arr(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
@@ -64,7 +87,7 @@ fn has_state(n: &Value, state: &str) -> bool {
     arr(&n["state"]).iter().any(|s| s == state)
 }
 
-fn has_flag(v: &Value, flag: &str) -> bool {
+pub fn has_flag(v: &Value, flag: &str) -> bool {
     arr(&v["flags"]).iter().any(|s| s == flag)
 }
 

@@ -17,17 +17,46 @@ fn counts(log: &str) -> Option<(u32, u32)> {
     Some((nums[0], nums[1]))
 }
 
+/// Starts `count` pings, 10 ms apart, from pod "a" on node 1 to pod "b" on
+/// node 2, and lets them get going.
+fn start_pings(c: &Cluster, count: u32) -> Proc {
+    let target = c.node(1).pod("b").ip().to_string();
+    let mut cmd: Command = c.node(0).pod("a").cmd("ping");
+    let count = count.to_string();
+    cmd.args(["-n", "-i", "0.01", "-c", &count, "-W", "1", &target]);
+    let ping = Proc::spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    ping
+}
+
+/// Waits for the pings to end and checks every one was answered.
+fn assert_all_answered(ping: &mut Proc, count: u32) {
+    let status = ping
+        .wait_timeout(Duration::from_secs(30))
+        .expect("ping finished");
+    let log = ping.log();
+    assert_eq!(counts(&log), Some((count, count)), "{log}");
+    assert!(status.success(), "{log}");
+}
+
+/// Nothing was torn down and rebuilt: the same devices as `devices`, and
+/// no entry deleted while the monitors watched.
+fn assert_datapath_untouched(c: &Cluster, devices: &[(u64, String)], monitors: &[Proc]) {
+    let after: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
+    assert_eq!(devices, after);
+    for (node, monitor) in c.nodes().iter().zip(monitors) {
+        let deleted = deletions(&monitor.log(), &node.vxlan_dev());
+        assert!(deleted.is_empty(), "{}: {deleted:?}", node.name());
+    }
+}
+
 #[test]
 fn flanneld_restart_loses_no_ping() {
     let mut c = Cluster::new(2, ClusterOpts::default());
     c.node_mut(0).add_pod("a");
     c.node_mut(1).add_pod("b");
-    let target = c.node(1).pod("b").ip().to_string();
     // 300 pings, 10 ms apart (seconds in all): longer than both restarts.
-    let mut cmd: Command = c.node(0).pod("a").cmd("ping");
-    cmd.args(["-n", "-i", "0.01", "-c", "300", "-W", "1", &target]);
-    let mut ping = Proc::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut ping = start_pings(&c, 300);
 
     // Watch the datapath of both nodes while flanneld restarts.
     let monitors: Vec<Proc> = c.nodes().iter().map(watch_datapath).collect();
@@ -40,21 +69,9 @@ fn flanneld_restart_loses_no_ping() {
         ping.log()
     );
 
-    let status = ping
-        .wait_timeout(Duration::from_secs(30))
-        .expect("ping finished");
-    let log = ping.log();
-    assert_eq!(counts(&log), Some((300, 300)), "{log}");
-    assert!(status.success(), "{log}");
+    assert_all_answered(&mut ping, 300);
     c.wait_converged();
-
-    // Nothing was torn down and rebuilt: same device, no entry deleted.
-    let after: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
-    assert_eq!(devices, after);
-    for (node, monitor) in c.nodes().iter().zip(&monitors) {
-        let deleted = deletions(&monitor.log(), &node.vxlan_dev());
-        assert!(deleted.is_empty(), "{}: {deleted:?}", node.name());
-    }
+    assert_datapath_untouched(&c, &devices, &monitors);
 }
 
 /// flanneld killed outright on both nodes while pods ping across them: the
@@ -67,12 +84,8 @@ fn flanneld_killed_keeps_datapath_subnet_and_lease() {
     let mut c = Cluster::new(2, ClusterOpts::default());
     c.node_mut(0).add_pod("a");
     c.node_mut(1).add_pod("b");
-    let target = c.node(1).pod("b").ip().to_string();
     // 600 pings, 10 ms apart (6 s): longer than 2 s dead plus both restarts.
-    let mut cmd: Command = c.node(0).pod("a").cmd("ping");
-    cmd.args(["-n", "-i", "0.01", "-c", "600", "-W", "1", &target]);
-    let mut ping = Proc::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut ping = start_pings(&c, 600);
 
     let leases = lease_records(&c);
     assert_eq!(leases.len(), 2, "{leases:?}");
@@ -84,6 +97,7 @@ fn flanneld_killed_keeps_datapath_subnet_and_lease() {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", node.name());
     }
     // Both ways, while no flanneld runs (2 s in all).
+    let target = c.node(1).pod("b").ip().to_string();
     let a_ip = c.node(0).pod("a").ip().to_string();
     for (pod, to) in [(c.node(0).pod("a"), &target), (c.node(1).pod("b"), &a_ip)] {
         let out = pod.exec(&["ping", "-n", "-i", "0.01", "-c", "100", "-W", "1", to]);
@@ -100,23 +114,13 @@ fn flanneld_killed_keeps_datapath_subnet_and_lease() {
         ping.log()
     );
 
-    let status = ping
-        .wait_timeout(Duration::from_secs(30))
-        .expect("ping finished");
-    let log = ping.log();
-    assert_eq!(counts(&log), Some((600, 600)), "{log}");
-    assert!(status.success(), "{log}");
+    assert_all_answered(&mut ping, 600);
     c.wait_converged();
 
     assert_eq!(lease_records(&c), leases, "the leases changed");
     let after: Vec<String> = c.nodes().iter().map(subnet_env_text).collect();
     assert_eq!(after, subnet_envs, "subnet.env changed");
-    let after: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
-    assert_eq!(devices, after);
-    for (node, monitor) in c.nodes().iter().zip(&monitors) {
-        let deleted = deletions(&monitor.log(), &node.vxlan_dev());
-        assert!(deleted.is_empty(), "{}: {deleted:?}", node.name());
-    }
+    assert_datapath_untouched(&c, &devices, &monitors);
 }
 
 /// A node whose datapath flannel programmed (plain `via … onlink` routes,
@@ -148,11 +152,7 @@ fn node_with_flannels_plain_routes_converges_without_losing_a_ping() {
     ns.sh(&["ip", "nexthop", "flush", "dev", &dev]);
     assert!(ns.ip_json(&["route", "show", &peer_subnet])[0]["nhid"].is_null());
 
-    let target = c.node(1).pod("b").ip().to_string();
-    let mut cmd: Command = c.node(0).pod("a").cmd("ping");
-    cmd.args(["-n", "-i", "0.01", "-c", "300", "-W", "1", &target]);
-    let mut ping = Proc::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut ping = start_pings(&c, 300);
     let monitor = watch_datapath(c.node(0));
     c.node_mut(0).start_flanneld();
     c.node_mut(0).wait_ready();
@@ -169,12 +169,7 @@ fn node_with_flannels_plain_routes_converges_without_losing_a_ping() {
     }
     assert!(ping.is_running(), "flanneld start outlasted the ping run");
 
-    let status = ping
-        .wait_timeout(Duration::from_secs(30))
-        .expect("ping finished");
-    let log = ping.log();
-    assert_eq!(counts(&log), Some((300, 300)), "{log}");
-    assert!(status.success(), "{log}");
+    assert_all_answered(&mut ping, 300);
     let deleted = deletions(&monitor.log(), &dev);
     assert!(deleted.is_empty(), "{deleted:?}");
 }

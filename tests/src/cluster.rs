@@ -217,9 +217,23 @@ impl Cluster {
         self.nodes.last_mut().expect("just added")
     }
 
+    /// Like [`Cluster::add_node_with`], with extra environment variables for
+    /// this node's flanneld (e.g. `FLANNELD_ETCD_PASSWORD`).
+    pub fn add_node_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> &mut Node {
+        self.start_node_with_env(extra_args, env).wait_ready();
+        self.wait_converged();
+        self.nodes.last_mut().expect("just added")
+    }
+
     /// Creates a node (namespace, underlay link, dir) and starts its
     /// flanneld without waiting for anything.
     pub fn start_node(&mut self, extra_args: &[&str]) -> &mut Node {
+        self.start_node_with_env(extra_args, &[])
+    }
+
+    /// Like [`Cluster::start_node`], with extra environment variables for
+    /// this node's flanneld.
+    pub fn start_node_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> &mut Node {
         let index = self.next_node;
         self.next_node = index
             .checked_add(1)
@@ -238,6 +252,10 @@ impl Cluster {
             dir,
             vni: self.opts.vni(),
             flanneld_args,
+            flanneld_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             healthz: self.opts.healthz,
             cni_conf: self.opts.cni_conf.clone(),
         };

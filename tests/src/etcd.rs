@@ -9,18 +9,24 @@
 //! client certificate, on `https://IP:2379`; the harness's own requests go
 //! to a plain-HTTP listener on 127.0.0.1 inside the namespace, which no
 //! other namespace can reach.
+//!
+//! After [`Etcd::enable_auth`], clients must authenticate; the harness's own
+//! requests then carry a token of etcd's `root` user.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::http::http_in;
+use crate::http::http_with_headers_in;
 use crate::{base64, Netns, Proc, TempDir};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
+/// The password of etcd's `root` user, which the harness authenticates as.
+const ROOT_PASSWORD: &str = "harness-root";
 
 /// What can go wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,8 @@ pub struct Etcd {
     dir: TempDir,
     tls: Option<EtcdTls>,
     proc: Option<Proc>,
+    /// With authentication on, the `root` token the harness's requests carry.
+    token: Mutex<Option<String>>,
 }
 
 impl Etcd {
@@ -96,6 +104,7 @@ impl Etcd {
             dir: TempDir::new("fl-etcd"),
             tls,
             proc: None,
+            token: Mutex::new(None),
         };
         etcd.start();
         etcd
@@ -298,16 +307,84 @@ impl Etcd {
             .collect()
     }
 
+    /// Turns authentication on: a `root` user, whose token the harness's own
+    /// requests carry from then on, and `user` with `password`, whose role
+    /// (named after it) may read and write every key starting with `prefix`.
+    pub fn enable_auth(&self, user: &str, password: &str, prefix: &str) {
+        let perm = json!({
+            "permType": "READWRITE",
+            "key": base64::encode(prefix.as_bytes()),
+            "range_end": base64::encode(&prefix_end(prefix.as_bytes())),
+        });
+        let steps = [
+            (
+                "user/add",
+                json!({"name": "root", "password": ROOT_PASSWORD}),
+            ),
+            // etcd enables auth only once `root` has the `root` role.
+            ("role/add", json!({"name": "root"})),
+            ("user/grant", json!({"user": "root", "role": "root"})),
+            ("user/add", json!({"name": user, "password": password})),
+            ("role/add", json!({"name": user})),
+            ("role/grant", json!({"name": user, "perm": perm})),
+            ("user/grant", json!({"user": user, "role": user})),
+            ("enable", json!({})),
+        ];
+        for (step, body) in steps {
+            self.call(&format!("/v3/auth/{step}"), body)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.authenticate().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Gets a new `root` token.
+    fn authenticate(&self) -> Result<(), EtcdError> {
+        let path = "/v3/auth/authenticate";
+        let body = json!({"name": "root", "password": ROOT_PASSWORD}).to_string();
+        let reply = self.send("POST", path, &body, None)?;
+        let token = reply["token"]
+            .as_str()
+            .ok_or_else(|| bad(path, "no token"))?;
+        *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.to_string());
+        Ok(())
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// POSTs `body` to a gateway `path` (e.g. `/v3/kv/put`); returns the reply.
     pub fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
         self.http("POST", path, Some(body))
     }
 
     fn http(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, EtcdError> {
-        let addr = self.gateway();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let reply =
-            http_in(&self.netns, addr, method, path, &body).map_err(|source| EtcdError::Io {
+        let token = self.token();
+        match self.send(method, path, &body, token.as_deref()) {
+            // Tokens expire, and a restarted etcd has forgotten them.
+            Err(EtcdError::Http { status: 401, .. }) if token.is_some() => {
+                self.authenticate()?;
+                self.send(method, path, &body, self.token().as_deref())
+            }
+            reply => reply,
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> Result<Value, EtcdError> {
+        let headers: Vec<(&str, &str)> = token.map(|t| ("Authorization", t)).into_iter().collect();
+        let request = (method, path);
+        let reply = http_with_headers_in(&self.netns, self.gateway(), request, &headers, body)
+            .map_err(|source| EtcdError::Io {
                 path: path.to_string(),
                 source,
             })?;

@@ -37,10 +37,25 @@ pub fn http_in(
     path: &str,
     body: &str,
 ) -> std::io::Result<HttpReply> {
+    http_with_headers_in(netns, addr, (method, path), &[], body)
+}
+
+/// Like [`http_in`], with extra `(name, value)` header lines.
+pub fn http_with_headers_in(
+    netns: &Path,
+    addr: SocketAddr,
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpReply> {
     let mut stream = connect_in(netns, addr)?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes())?;

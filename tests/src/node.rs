@@ -26,6 +26,8 @@ pub struct Node {
     dir: PathBuf,
     vni: u32,
     flanneld_args: Vec<String>,
+    /// Extra environment variables of flanneld (e.g. `FLANNELD_*`).
+    flanneld_env: Vec<(String, String)>,
     healthz: bool,
     cni: CniExec,
     // Fields drop in declaration order: pods (DEL), then flanneld, then the
@@ -42,6 +44,7 @@ pub(crate) struct NodeSpec {
     pub dir: PathBuf,
     pub vni: u32,
     pub flanneld_args: Vec<String>,
+    pub flanneld_env: Vec<(String, String)>,
     pub healthz: bool,
     pub cni_conf: Value,
 }
@@ -61,6 +64,7 @@ impl Node {
             dir: spec.dir,
             vni: spec.vni,
             flanneld_args: spec.flanneld_args,
+            flanneld_env: spec.flanneld_env,
             healthz: spec.healthz,
             flanneld: None,
             cni,
@@ -121,7 +125,8 @@ impl Node {
             self.name
         );
         let mut cmd = self.netns.cmd(crate::bin_path("flanneld"));
-        cmd.args(&self.flanneld_args);
+        cmd.args(&self.flanneld_args)
+            .envs(self.flanneld_env.clone());
         self.flanneld = Some(Proc::spawn_logged(&mut cmd, self.dir.join("flanneld.log")));
     }
 

@@ -195,6 +195,8 @@ async fn wait_config(
                 Err(e) => format!("invalid config at {key}: {e}"),
             },
             Ok(None) => format!("waiting for the network config at {key}"),
+            // etcd answered: the connection (what `hint` is about) works.
+            Err(e @ StoreError::Refused(_)) => format!("cannot read {key}: {e}"),
             Err(e) => format!("cannot read {key}: {e}{hint}"),
         };
         if last_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {

@@ -1,6 +1,8 @@
 //! The etcd v3 lease store.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -49,6 +51,8 @@ pub enum EtcdSetupError {
     },
     #[error("--etcd-certfile and --etcd-keyfile go together")]
     HalfIdentity,
+    #[error("--etcd-username and --etcd-password go together")]
+    HalfLogin,
     #[error("etcd client: {0}")]
     Client(String),
 }
@@ -56,20 +60,88 @@ pub enum EtcdSetupError {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    login: Option<Arc<Login>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// `--etcd-username` and `--etcd-password`, and whether the client holds a
+/// token from them that etcd still knows.
+struct Login {
+    user: String,
+    password: String,
+    valid: AtomicBool,
 }
 
-/// Runs one etcd call with a deadline.
-async fn call<T>(
-    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(unavailable),
-        Err(_) => Err(StoreError::Unavailable("etcd call timed out".into())),
+impl Login {
+    /// Forgets the token when etcd says it does not know it (it keeps
+    /// tokens in memory: a restart or `--auth-token-ttl` idle seconds lose
+    /// them), or never got one (auth enabled after we started). The client
+    /// renews a refused token of a unary call by itself, not of a watch.
+    fn note(&self, message: &str) {
+        if message.contains(INVALID_TOKEN) || message.contains(NO_USER) {
+            self.valid.store(false, Ordering::Relaxed);
+        }
     }
+}
+
+/// etcd's messages (v3rpc/rpctypes) for the refusals flanneld explains.
+const INVALID_TOKEN: &str = "etcdserver: invalid auth token";
+const NO_USER: &str = "etcdserver: user name is empty";
+const AUTH_FAILED: &str = "etcdserver: authentication failed";
+const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+
+/// A failure whose etcd message is `message` (`full`: as the client
+/// reports it): a refusal said in flanneld's terms, anything else as is.
+fn classify(login: Option<&Login>, message: &str, full: String) -> StoreError {
+    if let Some(login) = login {
+        login.note(message);
+    }
+    let user = login.map_or("", |l| l.user.as_str());
+    match refusal(message, user) {
+        Some(why) => StoreError::Refused(why),
+        None => StoreError::Unavailable(full),
+    }
+}
+
+/// Why etcd refused a request and what to change, where the client's own
+/// text would be a bare gRPC status; `None` for any other failure.
+fn refusal(message: &str, user: &str) -> Option<String> {
+    if message.contains(AUTH_FAILED) {
+        Some(format!(
+            "etcd refused user {user:?}: authentication failed, \
+             wrong --etcd-username or --etcd-password"
+        ))
+    } else if message.contains(NO_USER) {
+        Some("etcd requires authentication: give --etcd-username and --etcd-password".into())
+    } else if message.contains(PERMISSION_DENIED) {
+        Some(format!(
+            "etcd denied user {user:?} access: permission denied, \
+             its role needs readwrite on the keys under --etcd-prefix"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The message etcd sent, without the client's wrapping.
+fn message(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+        e => e.to_string(),
+    }
+}
+
+fn timed_out() -> StoreError {
+    StoreError::Unavailable("etcd call timed out".into())
+}
+
+/// Awaits `fut` for at most [`CALL_TIMEOUT`].
+async fn deadline<T>(
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<Result<T, etcd_client::Error>, StoreError> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| timed_out())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, EtcdSetupError> {
@@ -83,21 +155,70 @@ impl EtcdStore {
     /// Builds the client. The connection itself is made lazily, so this
     /// succeeds while etcd is down; calls fail until it is back.
     pub async fn connect(opts: &EtcdOptions) -> Result<Self, EtcdSetupError> {
+        let login = login(opts)?;
         let mut co = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             // HTTP/2 pings notice a dead etcd even while only a watch is open.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
-            co = co.with_user(u.clone(), p.clone());
-        }
+            .with_keep_alive_while_idle(true)
+            // Once logged in, a unary call refused for an expired token
+            // logs in again and is retried.
+            .with_auto_token_refresh(true);
         if let Some(tls) = tls_options(opts)? {
             co = co.with_tls(tls);
         }
+        // No user here: the client would authenticate at once and fail
+        // while etcd is down or refuses the password (see `log_in`).
         let client = Client::connect(&opts.endpoints, Some(co))
             .await
             .map_err(|e| EtcdSetupError::Client(e.to_string()))?;
-        Ok(EtcdStore { client })
+        Ok(EtcdStore { client, login })
+    }
+
+    /// Authenticates when credentials were given and the client holds no
+    /// valid token yet, so that a refused login is an error of a call,
+    /// retried and explained like any other.
+    async fn log_in(&self) -> Result<(), StoreError> {
+        let Some(login) = &self.login else {
+            return Ok(());
+        };
+        if login.valid.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let creds = (login.user.clone(), login.password.clone());
+        match deadline(self.client.clone().update_user(Some(creds))).await? {
+            Ok(()) => {}
+            // Like etcd's own client: go on without a token.
+            Err(e) if message(&e).contains(AUTH_NOT_ENABLED) => {}
+            Err(e) => return Err(self.error(&e)),
+        }
+        login.valid.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs one etcd call, logged in, with a deadline.
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        self.log_in().await?;
+        deadline(fut).await?.map_err(|e| self.error(&e))
+    }
+
+    fn error(&self, e: &etcd_client::Error) -> StoreError {
+        classify(self.login.as_deref(), &message(e), e.to_string())
+    }
+}
+
+fn login(opts: &EtcdOptions) -> Result<Option<Arc<Login>>, EtcdSetupError> {
+    match (&opts.username, &opts.password) {
+        (Some(user), Some(password)) => Ok(Some(Arc::new(Login {
+            user: user.clone(),
+            password: password.clone(),
+            valid: AtomicBool::new(false),
+        }))),
+        (None, None) => Ok(None),
+        _ => Err(EtcdSetupError::HalfLogin),
     }
 }
 
@@ -125,7 +246,8 @@ impl EtcdStore {
     async fn grant(&self, ttl: Option<Duration>) -> Result<i64, StoreError> {
         match ttl {
             None => Ok(0),
-            Some(t) => Ok(call(self.client.clone().lease_grant(ttl_secs(t), None))
+            Some(t) => Ok(self
+                .call(self.client.clone().lease_grant(ttl_secs(t), None))
                 .await?
                 .id()),
         }
@@ -138,7 +260,7 @@ impl EtcdStore {
     /// Gives back a lease granted for a write that did not happen.
     async fn give_back(&self, lease: i64) {
         if lease != 0 {
-            let _ = call(self.client.clone().lease_revoke(lease)).await;
+            let _ = self.call(self.client.clone().lease_revoke(lease)).await;
         }
     }
 }
@@ -147,7 +269,7 @@ impl LeaseStore for EtcdStore {
     type Watch = EtcdWatch;
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let resp = call(self.client.clone().get(key, None)).await?;
+        let resp = self.call(self.client.clone().get(key, None)).await?;
         Ok(resp.kvs().first().map(|kv| Record {
             key: key.to_owned(),
             value: kv.value().to_vec(),
@@ -156,12 +278,13 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let resp = call(
-            self.client
-                .clone()
-                .get(prefix, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self
+            .call(
+                self.client
+                    .clone()
+                    .get(prefix, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
         let records = resp
             .kvs()
             .iter()
@@ -185,7 +308,7 @@ impl LeaseStore for EtcdStore {
         let txn = Txn::new()
             .when([Compare::version(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, Self::put_options(lease))]);
-        match call(self.client.clone().txn(txn)).await {
+        match self.call(self.client.clone().txn(txn)).await {
             Ok(resp) if resp.succeeded() => Ok(lease),
             Ok(_) => {
                 self.give_back(lease).await;
@@ -200,12 +323,13 @@ impl LeaseStore for EtcdStore {
 
     async fn put(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
         let lease = self.grant(ttl).await?;
-        if let Err(e) = call(
-            self.client
-                .clone()
-                .put(key, value, Self::put_options(lease)),
-        )
-        .await
+        if let Err(e) = self
+            .call(
+                self.client
+                    .clone()
+                    .put(key, value, Self::put_options(lease)),
+            )
+            .await
         {
             self.give_back(lease).await;
             return Err(e);
@@ -217,20 +341,23 @@ impl LeaseStore for EtcdStore {
         // Opening the keep-alive stream sends one refresh and reads its
         // answer; etcd answers TTL <= 0 (reported as "lease not found")
         // for a lease that no longer exists.
+        self.log_in().await?;
         let mut client = self.client.clone();
-        match tokio::time::timeout(CALL_TIMEOUT, client.lease_keep_alive(lease)).await {
-            Err(_) => return Err(StoreError::Unavailable("etcd call timed out".into())),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(msg))) if msg.contains("not found") => {
+        match deadline(client.lease_keep_alive(lease)).await? {
+            Err(etcd_client::Error::LeaseKeepAliveError(msg)) if msg.contains("not found") => {
                 return Ok(None)
             }
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Ok(Ok(_)) => {}
+            Err(e) => return Err(self.error(&e)),
+            Ok(_) => {}
         }
         self.time_to_live(lease).await
     }
 
     async fn time_to_live(&self, lease: i64) -> Result<Option<Duration>, StoreError> {
-        match call(self.client.clone().lease_time_to_live(lease, None)).await {
+        match self
+            .call(self.client.clone().lease_time_to_live(lease, None))
+            .await
+        {
             Ok(r) if r.ttl() > 0 => Ok(Some(Duration::from_secs(r.ttl() as u64))),
             Ok(_) => Ok(None),
             Err(StoreError::Unavailable(msg)) if msg.contains("not found") => Ok(None),
@@ -239,13 +366,13 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        call(self.client.clone().lease_revoke(lease))
+        self.call(self.client.clone().lease_revoke(lease))
             .await
             .map(|_| ())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        call(self.client.clone().delete(key, None))
+        self.call(self.client.clone().delete(key, None))
             .await
             .map(|_| ())
     }
@@ -255,34 +382,46 @@ impl LeaseStore for EtcdStore {
             .with_prefix()
             .with_prev_key()
             .with_start_revision(revision);
-        let stream = call(self.client.clone().watch(prefix, Some(opts))).await?;
-        Ok(EtcdWatch { stream })
+        let stream = self
+            .call(self.client.clone().watch(prefix, Some(opts)))
+            .await?;
+        Ok(EtcdWatch {
+            stream,
+            login: self.login.clone(),
+        })
     }
 }
 
 pub struct EtcdWatch {
     stream: etcd_client::WatchStream,
+    login: Option<Arc<Login>>,
+}
+
+impl EtcdWatch {
+    /// Unlike a unary call's, a watch's refused token is not renewed by the
+    /// client: [`Login::note`] makes the next call (the watch's reopening)
+    /// log in again.
+    fn error(&self, message: &str, full: String) -> StoreError {
+        classify(self.login.as_deref(), message, full)
+    }
 }
 
 impl WatchStream for EtcdWatch {
     async fn next(&mut self) -> Result<WatchItem, StoreError> {
         loop {
-            let resp = self
-                .stream
-                .message()
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| StoreError::Unavailable("watch stream closed".into()))?;
+            let resp = match self.stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Err(StoreError::Unavailable("watch stream closed".into())),
+                Err(e) => return Err(self.error(&message(&e), e.to_string())),
+            };
             if resp.compact_revision() > 0 {
                 return Ok(WatchItem::Compacted {
                     revision: resp.compact_revision(),
                 });
             }
             if resp.canceled() {
-                return Err(StoreError::Unavailable(format!(
-                    "watch canceled: {}",
-                    resp.cancel_reason()
-                )));
+                let reason = resp.cancel_reason();
+                return Err(self.error(reason, format!("watch canceled: {reason}")));
             }
             // The creation acknowledgement and progress notices carry no events.
             if resp.events().is_empty() {
@@ -306,4 +445,39 @@ fn convert(ev: &etcd_client::Event) -> Option<Event> {
         value: kv.value().to_vec(),
         prev_value: ev.prev_kv().map(|p| p.value().to_vec()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(user: Option<&str>, password: Option<&str>) -> EtcdOptions {
+        EtcdOptions {
+            username: user.map(Into::into),
+            password: password.map(Into::into),
+            ..EtcdOptions::default()
+        }
+    }
+
+    #[test]
+    fn username_and_password_go_together() {
+        assert!(matches!(login(&creds(None, None)), Ok(None)));
+        assert!(matches!(login(&creds(Some("u"), Some("p"))), Ok(Some(_))));
+        for half in [creds(Some("u"), None), creds(None, Some("p"))] {
+            assert!(matches!(login(&half), Err(EtcdSetupError::HalfLogin)));
+        }
+    }
+
+    #[test]
+    fn a_forgotten_token_makes_the_next_call_log_in_again() {
+        let login = login(&creds(Some("flannel"), Some("p"))).unwrap().unwrap();
+        login.valid.store(true, Ordering::Relaxed);
+        let denied = classify(Some(&login), PERMISSION_DENIED, String::new());
+        assert!(matches!(denied, StoreError::Refused(m) if m.contains("user \"flannel\"")));
+        assert!(login.valid.load(Ordering::Relaxed));
+        let reason = format!("rpc error: code = Unauthenticated desc = {INVALID_TOKEN}");
+        let stale = classify(Some(&login), &reason, "watch canceled".into());
+        assert_eq!(stale, StoreError::Unavailable("watch canceled".into()));
+        assert!(!login.valid.load(Ordering::Relaxed));
+    }
 }

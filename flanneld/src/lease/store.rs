@@ -9,6 +9,10 @@ pub enum StoreError {
     Exists,
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered and refused (credentials, permissions): the text
+    /// says why and what to change.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A key with its value and the id of the etcd lease it is attached to

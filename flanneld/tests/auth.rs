@@ -30,21 +30,7 @@ fn nodes_with_credentials_lease_and_program_peers() {
     ];
     c.add_node_with_env(&[], &env);
     assert!(!c.node(1).flanneld_args().join(" ").contains(PASSWORD));
-    assert_eq!(c.leases().len(), 2, "{:?}", c.leases());
-    for (node, peer) in [(c.node(0), c.node(1)), (c.node(1), c.node(0))] {
-        let mac = link_mac(peer, &peer.vxlan_dev());
-        let lease = c.etcd().get(&lease_key(&peer.subnet()));
-        let expected = lease_json(&peer.ip().to_string(), 1, &mac);
-        assert_eq!(lease.as_deref(), Some(expected.as_str()));
-        let entries = peer_entries(node, &peer.subnet(), &mac, &peer.ip().to_string());
-        assert_eq!(
-            entries,
-            (true, true, true),
-            "{} → {}",
-            node.name(),
-            peer.name()
-        );
-    }
+    assert_nodes_lease_and_program_each_other(&c);
 }
 
 /// Waits for `error` in the node's log, then checks that flanneld keeps
@@ -116,18 +102,7 @@ fn logs_in_again_after_etcd_restart_and_sees_peers_added_after() {
     c.add_node_with(&["--etcd-username", USER, "--etcd-password", PASSWORD]);
     c.etcd_mut().stop();
     c.etcd_mut().start();
-    let (subnet, mac, ip) = ("10.244.210.0/24", "02:aa:bb:cc:dd:10", "192.0.2.90");
-    c.etcd().put(&lease_key(subnet), &lease_json(ip, 1, mac));
-    let node = c.node(0);
-    let seen = wait_for(Duration::from_secs(10), || {
-        peer_entries(node, subnet, mac, ip) == (true, true, true)
-    });
-    assert!(
-        seen.is_some(),
-        "peer added after the etcd restart not programmed:\n{}",
-        node.flanneld_log()
-    );
-    assert!(metric(node, "flanneld_watch_restarts_total") >= 1.0);
+    assert_new_peer_programmed_after_restart(&c, c.node(0));
 }
 
 /// Credentials are checked by etcd when it answers, not at start: flanneld

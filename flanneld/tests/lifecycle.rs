@@ -18,20 +18,8 @@ fn survives_etcd_restart_and_sees_peers_added_after() {
         "flanneld must not exit when etcd goes away"
     );
     cluster.etcd_mut().start();
-    let (subnet, mac, ip) = ("10.244.210.0/24", "02:aa:bb:cc:dd:10", "192.0.2.90");
-    cluster
-        .etcd()
-        .put(&lease_key(subnet), &lease_json(ip, 1, mac));
     let node = cluster.node(0);
-    let seen = wait_for(Duration::from_secs(10), || {
-        peer_entries(node, subnet, mac, ip) == (true, true, true)
-    });
-    assert!(
-        seen.is_some(),
-        "peer added after the etcd restart not programmed:\n{}",
-        node.flanneld_log()
-    );
-    assert!(metric(node, "flanneld_watch_restarts_total") >= 1.0);
+    assert_new_peer_programmed_after_restart(&cluster, node);
     // Our own lease is still there.
     assert!(cluster.etcd().get(&lease_key(&node.subnet())).is_some());
 }

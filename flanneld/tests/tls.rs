@@ -59,21 +59,7 @@ fn nodes_lease_and_program_peers_over_tls() {
         flags.contains(&format!("--etcd-endpoints {endpoint}")),
         "{flags}"
     );
-    assert_eq!(c.leases().len(), 2, "{:?}", c.leases());
-    for (node, peer) in [(c.node(0), c.node(1)), (c.node(1), c.node(0))] {
-        let mac = link_mac(peer, &peer.vxlan_dev());
-        let lease = c.etcd().get(&lease_key(&peer.subnet()));
-        let expected = lease_json(&peer.ip().to_string(), 1, &mac);
-        assert_eq!(lease.as_deref(), Some(expected.as_str()));
-        let entries = peer_entries(node, &peer.subnet(), &mac, &peer.ip().to_string());
-        assert_eq!(
-            entries,
-            (true, true, true),
-            "{} → {}",
-            node.name(),
-            peer.name()
-        );
-    }
+    assert_nodes_lease_and_program_each_other(c);
 }
 
 /// With the CA but no client certificate, etcd refuses the connection:

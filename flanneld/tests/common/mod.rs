@@ -128,3 +128,36 @@ pub fn metric(node: &Node, name: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Every node's lease is flannel's JSON, and every node has the other
+/// nodes' neighbour, FDB entry and route.
+pub fn assert_nodes_lease_and_program_each_other(c: &Cluster) {
+    assert_eq!(c.leases().len(), c.nodes().len(), "{:?}", c.leases());
+    for node in c.nodes() {
+        for peer in c.nodes().iter().filter(|p| p.name() != node.name()) {
+            let mac = link_mac(peer, &peer.vxlan_dev());
+            let lease = c.etcd().get(&lease_key(&peer.subnet()));
+            let expected = lease_json(&peer.ip().to_string(), 1, &mac);
+            assert_eq!(lease.as_deref(), Some(expected.as_str()));
+            let entries = peer_entries(node, &peer.subnet(), &mac, &peer.ip().to_string());
+            let route = format!("{} → {}", node.name(), peer.name());
+            assert_eq!(entries, (true, true, true), "{route}");
+        }
+    }
+}
+
+/// A peer lease put now (after an etcd restart) is programmed on `node`
+/// within 10 s, through a re-established watch.
+pub fn assert_new_peer_programmed_after_restart(c: &Cluster, node: &Node) {
+    let (subnet, mac, ip) = ("10.244.210.0/24", "02:aa:bb:cc:dd:10", "192.0.2.90");
+    c.etcd().put(&lease_key(subnet), &lease_json(ip, 1, mac));
+    let seen = wait_for(Duration::from_secs(10), || {
+        peer_entries(node, subnet, mac, ip) == (true, true, true)
+    });
+    assert!(
+        seen.is_some(),
+        "peer added after the etcd restart not programmed:\n{}",
+        node.flanneld_log()
+    );
+    assert!(metric(node, "flanneld_watch_restarts_total") >= 1.0);
+}

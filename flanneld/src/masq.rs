@@ -308,29 +308,20 @@ mod tests {
     #[test]
     fn missing_jump_added_duplicates_removed_disabled_chain_deleted() {
         let (c, _) = nets();
+        let fwd = |have: &ChainState, want: Option<&[String]>| {
+            restore_text("filter", FWD, &forward_jump(), have, want)
+        };
         let have = ChainState {
             exists: true,
             rules: forward_rules(c),
             jumps: 0,
         };
-        let t = restore_text(
-            "filter",
-            FWD,
-            &forward_jump(),
-            &have,
-            Some(&forward_rules(c)),
-        );
+        let t = fwd(&have, Some(&forward_rules(c)));
         assert!(t.ends_with(&format!("{}\nCOMMIT\n", forward_jump())), "{t}");
         let have = ChainState { jumps: 3, ..have };
-        let t = restore_text(
-            "filter",
-            FWD,
-            &forward_jump(),
-            &have,
-            Some(&forward_rules(c)),
-        );
+        let t = fwd(&have, Some(&forward_rules(c)));
         assert_eq!(t.matches("-D FORWARD").count(), 2, "{t}");
-        let t = restore_text("filter", FWD, &forward_jump(), &have, None);
+        let t = fwd(&have, None);
         assert!(
             t.contains("-X FLANNEL-FWD") && t.matches("-D FORWARD").count() == 3,
             "{t}"

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Error, Result};
@@ -61,12 +61,6 @@ impl Batch {
         let msg = RouteNetlinkMessage::NewNeighbour(fdb_msg(index, mac, Some(dst)));
         let what = format!("replace fdb {} dst {dst} on link {index}", format_mac(&mac));
         self.push(msg, REPLACE, what);
-    }
-
-    pub fn append_fdb(&mut self, index: u32, mac: Mac, dst: IpAddr) {
-        let msg = RouteNetlinkMessage::NewNeighbour(fdb_msg(index, mac, Some(dst)));
-        let what = format!("append fdb {} dst {dst} on link {index}", format_mac(&mac));
-        self.push(msg, NLM_F_CREATE | NLM_F_APPEND, what);
     }
 
     pub fn del_fdb(&mut self, index: u32, mac: Mac, dst: Option<IpAddr>) {

@@ -76,11 +76,3 @@ impl Error {
         self.errno() == Some(libc::EEXIST)
     }
 }
-
-/// Treats "not found" as success: what a delete that must be idempotent wants.
-pub fn ignore_not_found(result: Result<()>) -> Result<()> {
-    match result {
-        Err(e) if e.is_not_found() => Ok(()),
-        other => other,
-    }
-}

@@ -26,7 +26,7 @@ mod socket;
 
 pub use addr::Addr;
 pub use batch::Batch;
-pub use error::{ignore_not_found, Error, Result};
+pub use error::{Error, Result};
 pub use link::{Link, LinkRef, VethSpec, VxlanInfo, VxlanSpec};
 pub use monitor::{Event, Monitor};
 pub use neigh::{FdbEntry, Neighbour};

@@ -59,12 +59,6 @@ impl Handle {
         self.run_one(|b| b.replace_fdb(index, mac, dst))
     }
 
-    /// Adds one more destination for `mac` (e.g. the all-zero MAC flooding
-    /// to several VTEPs); the others stay.
-    pub fn append_fdb(&mut self, index: u32, mac: Mac, dst: IpAddr) -> Result<()> {
-        self.run_one(|b| b.append_fdb(index, mac, dst))
-    }
-
     /// Deletes the entry for `mac` (only the one towards `dst` when given).
     pub fn del_fdb(&mut self, index: u32, mac: Mac, dst: Option<IpAddr>) -> Result<()> {
         self.run_one(|b| b.del_fdb(index, mac, dst))

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use harness::{Cluster, ClusterOpts, Node};
+use harness::{try_wait_until, Cluster, ClusterOpts, Node};
 
 const USER: &str = "flannel";
 const PASSWORD: &str = "s3cret-Pw";
@@ -22,6 +22,7 @@ fn auth_cluster() -> Cluster {
 /// take a lease each and program each other as peers.
 #[test]
 fn nodes_with_credentials_lease_and_program_peers() {
+    harness::require_root!();
     let mut c = auth_cluster();
     c.add_node_with(&["--etcd-username", USER, "--etcd-password", PASSWORD]);
     let env = [
@@ -37,11 +38,8 @@ fn nodes_with_credentials_lease_and_program_peers() {
 /// running without being ready, writes no subnet.env, and that the line
 /// ends with `why`.
 fn assert_refused(node: &mut Node, error: &str, why: &str) {
-    let logged = wait_for(Duration::from_secs(10), || {
-        node.flanneld_log().contains(error)
-    });
+    node.wait_logged(error, 1, Duration::from_secs(10));
     let log = node.flanneld_log();
-    assert!(logged.is_some(), "no error logged:\n{log}");
     let line = log.lines().find(|l| l.contains(error)).unwrap();
     assert!(line.ends_with(why), "the error does not say why:\n{log}");
     assert!(!log.contains(PASSWORD), "the password is logged:\n{log}");
@@ -55,6 +53,7 @@ fn assert_refused(node: &mut Node, error: &str, why: &str) {
 /// its log.
 #[test]
 fn refused_credentials_leave_flanneld_unready_and_say_why() {
+    harness::require_root!();
     let mut c = auth_cluster();
     let wrong = format!("{PASSWORD}x");
     c.start_node(&["--etcd-username", USER, "--etcd-password", &wrong]);
@@ -84,9 +83,11 @@ fn refused_credentials_leave_flanneld_unready_and_say_why() {
         "etcd denied user \"flannel\" access: permission denied, \
          its role needs readwrite on the keys under --etcd-prefix",
     );
-    // Still refused a few retries later, still not ready.
-    std::thread::sleep(Duration::from_secs(2));
-    for i in 0..3 {
+    // Still refused a few retries later (it retries every second, logs the
+    // error every 5 s), still not ready.
+    let errors = [error, error, "cannot read /other/network/config: "];
+    for (i, error) in errors.into_iter().enumerate() {
+        c.node(i).wait_logged(error, 2, Duration::from_secs(15));
         let node = c.node_mut(i);
         assert!(node.flanneld_running(), "{}", node.flanneld_log());
         assert_eq!(node.readyz(), Some(503), "{}", node.flanneld_log());
@@ -98,6 +99,7 @@ fn refused_credentials_leave_flanneld_unready_and_say_why() {
 /// also to resume its watch, and still see peers added after.
 #[test]
 fn logs_in_again_after_etcd_restart_and_sees_peers_added_after() {
+    harness::require_root!();
     let mut c = auth_cluster();
     c.add_node_with(&["--etcd-username", USER, "--etcd-password", PASSWORD]);
     c.etcd_mut().stop();
@@ -109,10 +111,13 @@ fn logs_in_again_after_etcd_restart_and_sees_peers_added_after() {
 /// started while etcd is down waits for it, then logs in.
 #[test]
 fn starts_with_credentials_while_etcd_is_down() {
+    harness::require_root!();
     let mut c = auth_cluster();
     c.etcd_mut().stop();
     let node = c.start_node(&["--etcd-username", USER, "--etcd-password", PASSWORD]);
-    std::thread::sleep(Duration::from_secs(2));
+    // Failed to reach etcd, and still at it 5 s later (when it says so again).
+    let error = "cannot read /coreos.com/network/config: ";
+    node.wait_logged(error, 2, Duration::from_secs(15));
     assert!(node.flanneld_running(), "{}", node.flanneld_log());
     assert_eq!(node.readyz(), Some(503), "{}", node.flanneld_log());
     c.etcd_mut().start();
@@ -127,6 +132,7 @@ fn starts_with_credentials_while_etcd_is_down() {
 /// with them (here: to take its deleted lease again).
 #[test]
 fn credentials_work_before_and_after_etcd_enables_auth() {
+    harness::require_root!();
     let opts = ClusterOpts::default()
         .flanneld_arg("--etcd-username")
         .flanneld_arg(USER)
@@ -137,7 +143,7 @@ fn credentials_work_before_and_after_etcd_enables_auth() {
     let key = lease_key(&node.subnet());
     c.etcd().enable_auth(USER, PASSWORD, &format!("{PREFIX}/"));
     assert_eq!(c.etcd().delete(&key), 1);
-    let retaken = wait_for(Duration::from_secs(10), || c.etcd().get(&key).is_some());
+    let retaken = try_wait_until(Duration::from_secs(10), || c.etcd().get(&key).is_some());
     assert!(
         retaken.is_some(),
         "lease not taken again:\n{}",
@@ -152,9 +158,10 @@ fn credentials_work_before_and_after_etcd_enables_auth() {
 /// anything changes.
 #[test]
 fn username_without_password_is_refused_at_start() {
+    harness::require_root!();
     let mut c = Cluster::new(0, ClusterOpts::default());
     let node = c.start_node(&["--etcd-username", USER]);
-    let exited = wait_for(Duration::from_secs(10), || !node.flanneld_running());
+    let exited = try_wait_until(Duration::from_secs(10), || !node.flanneld_running());
     assert!(exited.is_some(), "still running:\n{}", node.flanneld_log());
     assert_eq!(node.stop_flanneld().code(), Some(1));
     let log = node.flanneld_log();

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use harness::{ClusterOpts, Node};
+use harness::{try_wait_until, wait_until, ClusterOpts, Node};
 
 const PEER_SUBNET: &str = "10.244.200.0/24";
 const PEER_MAC: &str = "02:aa:bb:cc:dd:01";
@@ -22,7 +22,7 @@ fn programmed(node: &Node, mac: &str, ip: &str) -> bool {
 /// programmed; panics naming `what` with the entries present and
 /// flanneld's log.
 fn assert_programmed_within(node: &Node, timeout: Duration, what: &str) {
-    let done = wait_for(timeout, || programmed(node, PEER_MAC, PEER_IP));
+    let done = try_wait_until(timeout, || programmed(node, PEER_MAC, PEER_IP));
     assert!(
         done.is_some(),
         "{what}: not all in place within {timeout:?}: {:?}\n{}",
@@ -33,6 +33,7 @@ fn assert_programmed_within(node: &Node, timeout: Duration, what: &str) {
 
 #[test]
 fn lease_is_flannels_json_key_and_ttl() {
+    harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     let subnet = node.subnet();
@@ -66,16 +67,17 @@ fn lease_is_flannels_json_key_and_ttl() {
 
 #[test]
 fn peer_lease_programs_three_entries_and_removal_deletes_them() {
+    harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     let key = lease_key(PEER_SUBNET);
     cluster.etcd().put(&key, &lease_json(PEER_IP, 1, PEER_MAC));
     assert_programmed_within(node, Duration::from_secs(5), "peer lease");
-    assert!(wait_for(Duration::from_secs(2), || metric(
-        node,
-        "flanneld_peers_programmed"
-    ) == 1.0)
-    .is_some());
+    wait_until(
+        Duration::from_secs(2),
+        "flanneld_peers_programmed 1",
+        || node.metric("flanneld_peers_programmed") == 1.0,
+    );
     // The route goes through a nexthop object of flanneld's.
     let nh = route_nexthop(node, PEER_SUBNET).expect("route through a nexthop");
     assert_eq!(
@@ -92,7 +94,7 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
     // A new MAC and public IP replace the old entries.
     let (mac2, ip2) = ("02:aa:bb:cc:dd:02", "192.0.2.98");
     cluster.etcd().put(&key, &lease_json(ip2, 1, mac2));
-    let moved = wait_for(Duration::from_secs(5), || {
+    let moved = try_wait_until(Duration::from_secs(5), || {
         programmed(node, mac2, ip2) && !peer_entries(node, PEER_SUBNET, PEER_MAC, PEER_IP).1
     });
     assert!(
@@ -103,7 +105,7 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
     );
 
     cluster.etcd().delete(&key);
-    let gone = wait_for(Duration::from_secs(5), || {
+    let gone = try_wait_until(Duration::from_secs(5), || {
         peer_entries(node, PEER_SUBNET, mac2, ip2) == (false, false, false)
             && our_nexthops(node).is_empty()
     });
@@ -116,6 +118,7 @@ fn peer_lease_programs_three_entries_and_removal_deletes_them() {
 
 #[test]
 fn entries_deleted_by_hand_come_back_within_a_second() {
+    harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     cluster
@@ -159,7 +162,7 @@ fn entries_deleted_by_hand_come_back_within_a_second() {
     }
     // The whole device.
     ns.sh(&["ip", "link", "del", "flannel.1"]);
-    let back = wait_for(Duration::from_secs(2), || {
+    let back = try_wait_until(Duration::from_secs(2), || {
         ns.exec(&["ip", "link", "show", "dev", "flannel.1"])
             .status
             .success()
@@ -174,6 +177,7 @@ fn entries_deleted_by_hand_come_back_within_a_second() {
 
 #[test]
 fn malformed_and_foreign_leases_are_skipped() {
+    harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     let etcd = cluster.etcd();
@@ -200,18 +204,19 @@ fn malformed_and_foreign_leases_are_skipped() {
         "{log}"
     );
     assert!(log.contains("10.244.202.0-24: lease is for VNI 7"), "{log}");
-    assert!(metric(node, "flanneld_leases_skipped_total") >= 3.0);
+    assert!(node.metric("flanneld_leases_skipped_total") >= 3.0);
     assert_eq!(node.readyz(), Some(200));
 }
 
 #[test]
 fn hundreds_of_leases_in_transactions_are_all_programmed() {
+    harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     // 4 transactions of 100 puts: each arrives as one watch response
     // carrying 100 events at one revision.
     for t in 0..4u32 {
-        let puts: Vec<serde_json::Value> = (0..100u32)
+        let puts: Vec<(String, String)> = (0..100u32)
             .map(|i| {
                 let n = t * 100 + i;
                 let subnet = format!("10.244.{}.0/24", 1 + n / 2);
@@ -226,38 +231,17 @@ fn hundreds_of_leases_in_transactions_are_all_programmed() {
                     1,
                     &format!("02:00:00:01:{:02x}:{:02x}", n >> 8, n & 255),
                 );
-                serde_json::json!({"requestPut": {"key": b64(&key), "value": b64(&value)}})
+                (key, value)
             })
             .collect();
-        cluster
-            .etcd()
-            .call("/v3/kv/txn", serde_json::json!({"success": puts}))
-            .unwrap();
+        cluster.etcd().put_all(&puts);
     }
     let count = || arr(&node.netns().ip_json(&["route", "show", "dev", "flannel.1"])).len();
-    let all = wait_for(Duration::from_secs(10), || count() >= 399);
+    let all = try_wait_until(Duration::from_secs(10), || count() >= 399);
     assert!(all.is_some(), "{} routes", count());
-    assert!(wait_for(Duration::from_secs(2), || metric(
-        node,
-        "flanneld_peers_programmed"
-    ) >= 399.0)
-    .is_some());
-}
-
-/// Standard base64, for the etcd JSON gateway.
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    wait_until(
+        Duration::from_secs(2),
+        "flanneld_peers_programmed 399",
+        || node.metric("flanneld_peers_programmed") >= 399.0,
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use harness::{ClusterOpts, Netns, Node};
+use harness::{try_wait_until, wait_until, ClusterOpts, Netns, Node};
 
 fn save(node: &Node) -> String {
     node.netns().sh(&["iptables-save"])
@@ -56,7 +56,7 @@ fn rules_in_place(node: &Node) -> bool {
 /// Waits up to `timeout` for all of flanneld's rules; panics with the
 /// ruleset when they are not in place.
 fn assert_rules_in_place_within(node: &Node, timeout: Duration) {
-    let done = wait_for(timeout, || rules_in_place(node));
+    let done = try_wait_until(timeout, || rules_in_place(node));
     assert!(done.is_some(), "{}", save(node));
 }
 
@@ -76,6 +76,7 @@ fn iptables(ns: &Netns, table: &str, rule: &str) {
 
 #[test]
 fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
+    harness::require_root!();
     let opts = ClusterOpts::default()
         .flanneld_arg("--ip-masq")
         .flanneld_arg("--iptables-resync=1");
@@ -90,8 +91,12 @@ fn masquerade_rules_are_flannels_kept_and_old_ones_replaced() {
         ]
     );
     assert!(node.subnet_env().ipmasq);
-    // Resyncs every second change nothing that is right.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Resyncs every second change nothing that is right: two more of them.
+    let syncs = || node.metric("flanneld_firewall_syncs_total");
+    let two_more = syncs() + 2.0;
+    wait_until(Duration::from_secs(10), "two more firewall resyncs", || {
+        syncs() >= two_more
+    });
     assert_eq!(
         node.flanneld_log()
             .matches("firewall rules updated")

@@ -6,13 +6,18 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use harness::{ClusterOpts, Proc};
+use harness::{try_wait_until, wait_until, ClusterOpts, Monitor};
 
 #[test]
 fn survives_etcd_restart_and_sees_peers_added_after() {
+    harness::require_root!();
     let mut cluster = one_node(ClusterOpts::default());
+    let broken = "lease watch broken";
+    let before = cluster.node(0).logged(broken);
     cluster.etcd_mut().stop();
-    std::thread::sleep(Duration::from_secs(2));
+    // The watch breaks, then two reconnects fail.
+    let timeout = Duration::from_secs(10);
+    cluster.node(0).wait_logged(broken, before + 3, timeout);
     assert!(
         cluster.node_mut(0).flanneld_running(),
         "flanneld must not exit when etcd goes away"
@@ -25,46 +30,39 @@ fn survives_etcd_restart_and_sees_peers_added_after() {
 }
 
 /// Kernel events about the datapath, as `ip monitor` prints them.
-fn datapath_events(log: &str) -> Vec<String> {
-    log.lines()
+fn datapath_events(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
         .filter(|l| l.contains("flannel.1") || l.contains("10.244."))
-        .map(str::to_owned)
+        .cloned()
         .collect()
 }
 
 #[test]
 fn restart_keeps_the_subnet_and_touches_nothing() {
-    let mut cluster = one_node(ClusterOpts::default());
+    harness::require_root!();
+    // A full reconcile pass every second: after the restart, two passes
+    // that could have changed something are waited for.
+    let mut cluster = one_node(ClusterOpts::default().flanneld_arg("--resync-interval=1"));
     cluster.etcd().put(
         &lease_key("10.244.220.0/24"),
         &lease_json("192.0.2.80", 1, "02:aa:bb:cc:dd:20"),
     );
     let node = cluster.node(0);
-    assert!(wait_for(Duration::from_secs(5), || peer_entries(
-        node,
-        "10.244.220.0/24",
-        "02:aa:bb:cc:dd:20",
-        "192.0.2.80"
-    )
-    .2)
-    .is_some());
+    wait_until(Duration::from_secs(5), "the peer's route", || {
+        peer_entries(node, "10.244.220.0/24", "02:aa:bb:cc:dd:20", "192.0.2.80").2
+    });
     let subnet = node.subnet();
     let (index, mac) = (link_index(node, "flannel.1"), link_mac(node, "flannel.1"));
     let key = lease_key(&subnet);
     let before = cluster.etcd().get_with_lease(&key).unwrap();
-    let mut monitor = Proc::spawn(
-        node.netns()
-            .cmd("ip")
-            .args(["-o", "monitor", "link", "address", "route", "neigh"]),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let monitor = Monitor::start(node.netns(), &["link", "address", "route", "neigh"]);
 
     let node = cluster.node_mut(0);
     node.stop_flanneld();
     node.start_flanneld();
     node.wait_ready();
-    std::thread::sleep(Duration::from_millis(500));
-    monitor.terminate();
+    node.wait_reconcile_passes(2);
 
     let node = cluster.node(0);
     assert_eq!(node.subnet(), subnet);
@@ -77,7 +75,7 @@ fn restart_keeps_the_subnet_and_touches_nothing() {
         before,
         "lease kept as is (same value, same etcd lease)"
     );
-    let events = datapath_events(&monitor.log());
+    let events = datapath_events(&monitor.lines());
     assert!(
         events.is_empty(),
         "a restart changed the datapath: {events:#?}"
@@ -86,6 +84,7 @@ fn restart_keeps_the_subnet_and_touches_nothing() {
 
 #[test]
 fn graceful_leave_releases_the_lease_and_plain_stop_keeps_it() {
+    harness::require_root!();
     let mut cluster = one_node(ClusterOpts::default().flanneld_arg("--graceful-leave"));
     let subnet = cluster.node(0).subnet();
     let key = lease_key(&subnet);
@@ -111,11 +110,12 @@ fn graceful_leave_releases_the_lease_and_plain_stop_keeps_it() {
 
 #[test]
 fn deleted_own_lease_is_taken_again() {
+    harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     let key = lease_key(&node.subnet());
     cluster.etcd().delete(&key);
-    let back = wait_for(Duration::from_secs(5), || {
+    let back = try_wait_until(Duration::from_secs(5), || {
         cluster.etcd().get(&key).is_some()
     });
     assert!(back.is_some(), "{}", node.flanneld_log());
@@ -133,11 +133,12 @@ fn deleted_own_lease_is_taken_again() {
         cluster.etcd().get(&key).unwrap(),
         lease_json(&node.ip().to_string(), 1, &mac)
     );
-    assert_eq!(metric(node, "flanneld_lease_acquisitions_total"), 2.0);
+    assert_eq!(node.metric("flanneld_lease_acquisitions_total"), 2.0);
 }
 
 #[test]
 fn readyz_waits_for_the_datapath_and_metrics_answer() {
+    harness::require_root!();
     let mut cluster = one_node(ClusterOpts::default());
     {
         let node = cluster.node(0);
@@ -155,7 +156,7 @@ fn readyz_waits_for_the_datapath_and_metrics_answer() {
         ] {
             assert!(m.body.contains(name), "{name} missing:\n{}", m.body);
         }
-        let expiry = metric(node, "flanneld_lease_expiry_timestamp_seconds");
+        let expiry = node.metric("flanneld_lease_expiry_timestamp_seconds");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -167,19 +168,19 @@ fn readyz_waits_for_the_datapath_and_metrics_answer() {
     }
     // Without a network config, flanneld waits: alive, not ready, no subnet.env.
     let node = cluster.start_node(&["--etcd-prefix", "/nowhere/network"]);
-    let waiting = wait_for(Duration::from_secs(5), || node.readyz() == Some(503));
+    let waiting = try_wait_until(Duration::from_secs(5), || node.readyz() == Some(503));
     assert!(
         waiting.is_some(),
         "{:?}\n{}",
         node.readyz(),
         node.flanneld_log()
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Still waiting when it says so again (it looks every second, says so
+    // every 5 s).
+    let wait_line = "waiting for the network config at /nowhere/network/config";
+    node.wait_logged(wait_line, 2, Duration::from_secs(15));
     assert_eq!(node.readyz(), Some(503));
     assert!(!node.subnet_file().exists());
-    assert!(node
-        .flanneld_log()
-        .contains("waiting for the network config at /nowhere/network/config"));
 }
 
 /// The current etcd revision, through the JSON gateway.
@@ -197,16 +198,16 @@ fn revision(cluster: &harness::Cluster) -> i64 {
 
 #[test]
 fn watch_behind_compaction_relists_and_converges() {
+    harness::require_root!();
     let mut cluster = one_node(ClusterOpts::default());
     let stale = ("10.244.240.0/24", "02:aa:bb:cc:dd:40", "192.0.2.60");
     cluster
         .etcd()
         .put(&lease_key(stale.0), &lease_json(stale.2, 1, stale.1));
     let node = cluster.node(0);
-    assert!(wait_for(Duration::from_secs(5), || peer_entries(
-        node, stale.0, stale.1, stale.2
-    ) == (true, true, true))
-    .is_some());
+    wait_until(Duration::from_secs(5), "the stale peer programmed", || {
+        peer_entries(node, stale.0, stale.1, stale.2) == (true, true, true)
+    });
     // Freeze flanneld and restart etcd (its watch stream breaks), then
     // change leases and compact history, so the watch must resume from a
     // compacted revision.
@@ -231,7 +232,7 @@ fn watch_behind_compaction_relists_and_converges() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let node = cluster.node(0);
-    let converged = wait_for(Duration::from_secs(10), || {
+    let converged = try_wait_until(Duration::from_secs(10), || {
         peer_entries(node, fresh.0, fresh.1, fresh.2) == (true, true, true)
             && peer_entries(node, stale.0, stale.1, stale.2) == (false, false, false)
     });
@@ -245,11 +246,12 @@ fn watch_behind_compaction_relists_and_converges() {
 
 #[test]
 fn invalid_config_is_reported_by_field_and_waited_on() {
+    harness::require_root!();
     let mut cluster = one_node(ClusterOpts::default());
     let bad = r#"{"Network":"10.9.0.0/16","SubnetLen":40,"Backend":{"Type":"vxlan"}}"#;
     cluster.etcd().put("/bad/network/config", bad);
     let node = cluster.start_node(&["--etcd-prefix", "/bad/network"]);
-    let logged = wait_for(Duration::from_secs(5), || {
+    let logged = try_wait_until(Duration::from_secs(5), || {
         node.flanneld_log().contains(
             "invalid config at /bad/network/config: network config: SubnetLen: 40 is too long",
         )
@@ -267,6 +269,7 @@ fn invalid_config_is_reported_by_field_and_waited_on() {
 
 #[test]
 fn lease_is_renewed_before_it_expires() {
+    harness::require_root!();
     // A margin of 1439 minutes makes the first renewal due one minute
     // after the lease is taken (TTL 24 h).
     let opts = ClusterOpts::default().flanneld_arg("--subnet-lease-renew-margin=1439");
@@ -274,16 +277,24 @@ fn lease_is_renewed_before_it_expires() {
     let node = cluster.node(0);
     let key = lease_key(&node.subnet());
     let (_, lease) = cluster.etcd().get_with_lease(&key).unwrap();
-    let before = metric(node, "flanneld_lease_expiry_timestamp_seconds");
-    std::thread::sleep(Duration::from_secs(20));
-    let ttl_before = cluster.etcd().lease_ttl(lease).unwrap();
-    let renewed = wait_for(Duration::from_secs(60), || {
-        metric(node, "flanneld_lease_renewals_total") >= 1.0
+    let before = node.metric("flanneld_lease_expiry_timestamp_seconds");
+    // Run down far enough that a renewal shows.
+    let mut ttl_before = 0;
+    wait_until(
+        Duration::from_secs(30),
+        "the lease's TTL to run down 5 s",
+        || {
+            ttl_before = cluster.etcd().lease_ttl(lease).unwrap();
+            ttl_before <= 86_395
+        },
+    );
+    let renewed = try_wait_until(Duration::from_secs(60), || {
+        node.metric("flanneld_lease_renewals_total") >= 1.0
     });
     assert!(renewed.is_some(), "{}", node.flanneld_log());
     let ttl_after = cluster.etcd().lease_ttl(lease).unwrap();
     assert!(ttl_after > ttl_before, "TTL {ttl_before} -> {ttl_after}");
-    assert!(metric(node, "flanneld_lease_expiry_timestamp_seconds") > before);
+    assert!(node.metric("flanneld_lease_expiry_timestamp_seconds") > before);
     assert_eq!(
         cluster.etcd().get_with_lease(&key).unwrap().1,
         lease,

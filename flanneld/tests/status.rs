@@ -27,6 +27,7 @@ fn status(node: &Node, etcd: &str) -> Output {
 
 #[test]
 fn status_shows_lease_peers_programming_and_pods() {
+    harness::require_root!();
     let mut cluster = one_node(ClusterOpts::default());
     let (peer, mac, ip) = ("10.244.230.0/24", "02:aa:bb:cc:dd:30", "192.0.2.70");
     cluster
@@ -36,11 +37,9 @@ fn status_shows_lease_peers_programming_and_pods() {
     let node = cluster.node_mut(0);
     node.add_pod("p1");
     let node = cluster.node(0);
-    assert!(
-        wait_for(Duration::from_secs(5), || peer_entries(node, peer, mac, ip)
-            == (true, true, true))
-        .is_some()
-    );
+    harness::wait_until(Duration::from_secs(5), "the peer programmed", || {
+        peer_entries(node, peer, mac, ip) == (true, true, true)
+    });
     let out = status(node, &endpoint);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(

@@ -47,6 +47,7 @@ fn client_cert_args(pki: &Pki) -> [String; 4] {
 /// `https://` and program each other as peers.
 #[test]
 fn nodes_lease_and_program_peers_over_tls() {
+    harness::require_root!();
     let mut t = tls_cluster();
     let args = client_cert_args(&t.pki);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -67,20 +68,13 @@ fn nodes_lease_and_program_peers_over_tls() {
 /// says why in its log.
 #[test]
 fn without_client_certificate_flanneld_is_not_ready_and_says_why() {
+    harness::require_root!();
     let mut t = tls_cluster();
     let c = &mut t.c;
     let node = c.start_node(&[]);
     let error = "cannot read /coreos.com/network/config: ";
-    let logged = wait_for(Duration::from_secs(10), || {
-        node.flanneld_log().contains(error)
-    });
-    assert!(
-        logged.is_some(),
-        "no error logged:\n{}",
-        node.flanneld_log()
-    );
-    // It keeps trying (every second) and failing.
-    std::thread::sleep(Duration::from_secs(2));
+    // It keeps trying (every second) and failing: logged again 5 s later.
+    node.wait_logged(error, 2, Duration::from_secs(15));
     let log = node.flanneld_log();
     let line = log.lines().find(|l| l.contains(error)).unwrap();
     let why = "(no client certificate was given: if etcd requires one (--client-cert-auth), \

@@ -1,6 +1,6 @@
 //! Every operation against the real kernel, each test in network
 //! namespaces of its own (unshared by the test thread, so they vanish with
-//! it, pass or fail). Needs root, as CI has.
+//! it, pass or fail). Needs root, as CI has; a normal user's run skips them.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -10,6 +10,12 @@ use flannel_netlink::{
     parse_mac, Batch, Event, Handle, Monitor, Netns, Nexthop, Route, VethSpec, VxlanSpec,
 };
 use ipnet::IpNet;
+
+// The harness's root check (`require_root!`), compiled in: this crate's
+// tests do not depend on the harness.
+#[macro_use]
+#[path = "../../tests/src/root.rs"]
+mod root;
 
 /// Moves the calling thread into a fresh, unnamed network namespace.
 fn fresh_netns() -> Netns {
@@ -53,6 +59,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn bridge_veth_addresses_and_routes() {
+    require_root!();
     let pod = fresh_netns();
     let _node = fresh_netns();
     let mut h = Handle::new().unwrap();
@@ -141,6 +148,7 @@ fn bridge_veth_addresses_and_routes() {
 
 #[test]
 fn vxlan_neigh_fdb_and_onlink_route() {
+    require_root!();
     let _ns = fresh_netns();
     let mut h = Handle::new().unwrap();
     let lo = h.link("lo").unwrap().unwrap();
@@ -207,6 +215,7 @@ fn vxlan_neigh_fdb_and_onlink_route() {
 
 #[test]
 fn batch_programs_and_reports_each_request() {
+    require_root!();
     let _ns = fresh_netns();
     let mut h = Handle::new().unwrap();
     let lo = h.link("lo").unwrap().unwrap();
@@ -321,6 +330,7 @@ fn route_get(dst: &str) -> (String, String) {
 
 #[test]
 fn nexthop_objects_and_routes_through_them() {
+    require_root!();
     let _ns = fresh_netns();
     let mut h = Handle::new().unwrap();
     let vx = vxlan_up(&mut h, "flannel.1");
@@ -393,6 +403,7 @@ fn nexthop_objects_and_routes_through_them() {
 
 #[test]
 fn batch_of_nexthops_and_routes() {
+    require_root!();
     let _ns = fresh_netns();
     let mut h = Handle::new().unwrap();
     let vx = vxlan_up(&mut h, "vx0");
@@ -444,6 +455,7 @@ fn batch_of_nexthops_and_routes() {
 
 #[test]
 fn monitor_sees_deletions() {
+    require_root!();
     let _ns = fresh_netns();
     let mut h = Handle::new().unwrap();
     let mut monitor = Monitor::new().unwrap();

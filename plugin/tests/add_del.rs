@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 /// and the other pod, and the result is the reference's shape.
 #[test]
 fn add_wires_pods_that_reach_the_gateway_and_each_other() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("0.3.1");
     let (a, b) = (Netns::new("flpa"), Netns::new("flpb"));
@@ -89,6 +90,7 @@ fn assert_result_describes_live_state(node: &Node, pod: &Netns, id: &str, result
 /// Every version is answered in its own format.
 #[test]
 fn result_is_written_in_the_callers_version() {
+    harness::require_root!();
     let node = Node::new();
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
         .iter()
@@ -112,6 +114,7 @@ fn result_is_written_in_the_callers_version() {
 /// DEL is idempotent, and works without the namespace (gone or not given).
 #[test]
 fn del_twice_and_without_netns_releases_everything() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("0.3.1");
     let pod = Netns::new("flpd");
@@ -141,6 +144,7 @@ fn del_twice_and_without_netns_releases_everything() {
 /// DEL reads back the config ADD saved: subnet.env may be gone by then.
 #[test]
 fn del_works_from_the_saved_config_without_subnet_env() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("0.3.1");
     let pod = Netns::new("flps");
@@ -162,6 +166,7 @@ fn del_works_from_the_saved_config_without_subnet_env() {
 /// 32 ADDs at once get 32 distinct addresses; 32 DELs leave nothing.
 #[test]
 fn parallel_adds_and_dels() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("0.3.1");
     let pods: Vec<Netns> = (0..32).map(|_| Netns::new("flpp")).collect();
@@ -195,6 +200,7 @@ fn parallel_adds_and_dels() {
 /// ADD and goes with DEL, even without the namespace.
 #[test]
 fn masquerade_rules_follow_the_pod() {
+    harness::require_root!();
     let node = Node::new();
     node.write_subnet_env(&SUBNET_ENV.replace("IPMASQ=true", "IPMASQ=false"));
     let conf = node.conf("0.3.1");

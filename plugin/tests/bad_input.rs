@@ -38,6 +38,7 @@ fn refused_add(node: &Node, id: &str, pod: &Netns, conf: &Value) -> Value {
 
 #[test]
 fn bad_environment_is_code_4() {
+    harness::require_root!();
     let node = Node::new();
     let pod = Netns::new("flpe");
     let conf = node.conf("0.3.1").to_string();
@@ -95,6 +96,7 @@ fn bad_environment_is_code_4() {
 
 #[test]
 fn bad_config_is_code_1_6_or_7() {
+    harness::require_root!();
     let node = Node::new();
     let pod = Netns::new("flpc");
     let good = node.conf("0.3.1");
@@ -182,6 +184,7 @@ fn bad_config_is_code_1_6_or_7() {
 /// flanneld has not written subnet.env yet: try again later.
 #[test]
 fn missing_subnet_env_is_try_again_later() {
+    harness::require_root!();
     let node = Node::without_subnet_env();
     let pod = Netns::new("flpn");
     let doc = refused_add(&node, "early", &pod, &node.conf("0.3.1"));
@@ -193,6 +196,7 @@ fn missing_subnet_env_is_try_again_later() {
 /// CNI_IFNAME already in the pod: refused, the pod's own link untouched.
 #[test]
 fn existing_ifname_is_refused() {
+    harness::require_root!();
     let node = Node::new();
     let pod = Netns::new("flpi");
     pod.sh(&[
@@ -207,6 +211,7 @@ fn existing_ifname_is_refused() {
 /// A bridge with another address is refused unless forceAddress.
 #[test]
 fn bridge_with_other_address_needs_force_address() {
+    harness::require_root!();
     let node = Node::new();
     let pod = Netns::new("flpf");
     node.ns.sh(&["ip", "link", "add", "cni0", "type", "bridge"]);
@@ -239,6 +244,7 @@ fn bridge_with_other_address_needs_force_address() {
 /// An exhausted range names itself; the failed ADD leaves nothing.
 #[test]
 fn exhausted_range_is_a_clear_error() {
+    harness::require_root!();
     let node = Node::new();
     node.write_subnet_env(&SUBNET_ENV.replace("10.244.3.1/24", "10.244.3.1/30"));
     let conf = node.conf("0.3.1");
@@ -263,6 +269,7 @@ fn exhausted_range_is_a_clear_error() {
 /// the masquerade with) rolls everything back.
 #[test]
 fn failure_after_changes_rolls_back() {
+    harness::require_root!();
     let node = Node::new();
     node.write_subnet_env(&SUBNET_ENV.replace("IPMASQ=true", "IPMASQ=false"));
     let pod = Netns::new("flpr");
@@ -280,6 +287,7 @@ fn failure_after_changes_rolls_back() {
 /// CNI_ARGS IP= asks for an address; a taken one is refused (code 108).
 #[test]
 fn requested_address_is_honoured_or_refused() {
+    harness::require_root!();
     let node = Node::new();
     let (a, b) = (Netns::new("flpu"), Netns::new("flpw"));
     let conf = node.conf("1.0.0").to_string();
@@ -302,6 +310,7 @@ fn requested_address_is_honoured_or_refused() {
 /// to that point (saved config, IP) is undone; the other link stays.
 #[test]
 fn taken_host_veth_name_is_refused() {
+    harness::require_root!();
     let node = Node::new();
     let pod = Netns::new("flpt");
     let name = flannel::host_veth_name("clash", "eth0");

@@ -37,6 +37,7 @@ fn normalized(mut result: Value) -> Value {
 /// would give it (which is what ADD saved), print the same document.
 #[test]
 fn result_equals_the_reference_bridge() {
+    harness::require_root!();
     let ours = Node::new();
     let theirs = Node::new();
     for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
@@ -65,6 +66,7 @@ fn result_equals_the_reference_bridge() {
 /// cursor, and each can release what the other wrote.
 #[test]
 fn ipam_store_is_shared_with_reference_host_local() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("0.3.1");
     let ipam = json!({
@@ -123,6 +125,7 @@ fn ipam_store_is_shared_with_reference_host_local() {
 /// IP file and masquerade chain) is fully removed by our DEL.
 #[test]
 fn del_takes_over_what_flannel_and_bridge_left() {
+    harness::require_root!();
     let node = Node::new();
     node.write_subnet_env(&SUBNET_ENV.replace("IPMASQ=true", "IPMASQ=false"));
     let pod = Netns::new("flpo");

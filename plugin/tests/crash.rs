@@ -249,6 +249,7 @@ fn kill_everywhere_then(clean_up: impl Fn(&Node, &Netns, &str, KillPoint)) {
 /// DEL after every killed ADD releases everything ADD had done so far.
 #[test]
 fn del_after_add_killed_at_any_step_leaves_nothing() {
+    harness::require_root!();
     kill_everywhere_then(|node, pod, id, _| node.del(id, Some(pod), &node.conf("1.1.0")));
 }
 
@@ -256,6 +257,7 @@ fn del_after_add_killed_at_any_step_leaves_nothing() {
 /// ADD had done so far, even what no allocation records.
 #[test]
 fn gc_after_add_killed_at_any_step_leaves_nothing() {
+    harness::require_root!();
     kill_everywhere_then(|node, _, _, at| {
         let mut gc = node.conf("1.1.0");
         gc["cni.dev/valid-attachments"] = json!([]);

@@ -8,6 +8,7 @@ use harness::Podman;
 
 #[test]
 fn podman_container_gets_the_plugins_address_and_releases_it() {
+    harness::require_root!();
     let node = Node::new();
     let pm = Podman::new(&node.cni(&node.conf("1.0.0")));
     let ip = pm.run_container("c1");

@@ -15,6 +15,7 @@ fn with_prev(conf: &Value, prev: &Value) -> Value {
 /// CHECK passes on a fresh pod and names what a tamperer changed.
 #[test]
 fn check_passes_then_reports_tampering() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("1.0.0");
     let pod = Netns::new("flpk");
@@ -54,6 +55,7 @@ fn check_passes_then_reports_tampering() {
 /// STATUS is 50 until subnet.env exists, then succeeds silently.
 #[test]
 fn status_follows_subnet_env() {
+    harness::require_root!();
     let node = Node::without_subnet_env();
     let conf = node.conf("1.1.0");
     let status = || node.call("STATUS", "", None, "", &conf);
@@ -74,6 +76,7 @@ fn status_follows_subnet_env() {
 /// GC releases every attachment not listed as valid: IP, veth, saved config.
 #[test]
 fn gc_keeps_only_valid_attachments() {
+    harness::require_root!();
     let node = Node::new();
     let conf = node.conf("1.1.0");
     let pods: Vec<Netns> = (0..3).map(|_| Netns::new("flpz")).collect();

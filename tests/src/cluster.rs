@@ -11,13 +11,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::cmd::is_stale;
 use crate::node::{NodeSpec, HEALTHZ_PORT};
-use crate::{Etcd, EtcdTls, Netns, Node, Pod, TempDir};
+use crate::{try_wait_until, Etcd, EtcdTls, Netns, Node, Pod, TempDir};
 
 /// Name prefixes of the namespaces a cluster creates (underlay, nodes, pods,
 /// externals) and of the harness's temp dirs: what [`sweep_stale`] looks for.
@@ -317,17 +317,17 @@ impl Cluster {
     /// Waits until every node whose flanneld was started has a route to
     /// every other such node's subnet; panics naming what is missing.
     pub fn wait_converged(&self) {
-        let deadline = Instant::now() + self.opts.converge_timeout;
-        loop {
-            let missing = self.missing_routes();
-            if missing.is_empty() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!("cluster did not converge: {}", missing.join("; "));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let timeout = self.opts.converge_timeout;
+        let mut missing = Vec::new();
+        let converged = try_wait_until(timeout, || {
+            missing = self.missing_routes();
+            missing.is_empty()
+        });
+        assert!(
+            converged.is_some(),
+            "cluster did not converge within {timeout:?}: {}",
+            missing.join("; ")
+        );
     }
 
     /// "nodeA has no route to nodeB's SUBNET" for every gap.

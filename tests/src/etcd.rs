@@ -16,12 +16,14 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::http::http_with_headers_in;
-use crate::{base64, Netns, Proc, TempDir};
+use crate::{try_wait_until, Netns, Proc, TempDir};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
@@ -207,20 +209,22 @@ impl Etcd {
     }
 
     fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = self.http("GET", "/health", None);
-            if matches!(&health, Ok(v) if v["health"] == "true") {
-                return;
-            }
-            let proc = self.proc.as_mut().expect("started");
-            if !proc.is_running() || Instant::now() >= deadline {
-                panic!(
-                    "etcd did not become healthy ({health:?}); log:\n{}",
-                    proc.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let timeout = Duration::from_secs(30);
+        let mut health = None;
+        let mut exited = false;
+        let healthy = try_wait_until(timeout, || {
+            let reply = self.http("GET", "/health", None);
+            let ok = matches!(&reply, Ok(v) if v["health"] == "true");
+            health = Some(reply);
+            // Give up at once: a dead etcd never gets healthy.
+            exited = !ok && !self.proc.as_mut().expect("started").is_running();
+            ok || exited
+        });
+        if healthy.is_none() || exited {
+            panic!(
+                "etcd did not become healthy within {timeout:?} ({health:?}); log:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -255,11 +259,22 @@ impl Etcd {
 
     pub fn try_put(&self, key: &str, value: &str, lease: i64) -> Result<(), EtcdError> {
         let body = json!({
-            "key": base64::encode(key.as_bytes()),
-            "value": base64::encode(value.as_bytes()),
+            "key": BASE64.encode(key.as_bytes()),
+            "value": BASE64.encode(value.as_bytes()),
             "lease": lease,
         });
         self.call("/v3/kv/put", body).map(drop)
+    }
+
+    /// Sets every `(key, value)` in one transaction: one revision, which a
+    /// watcher receives as one response carrying every event.
+    pub fn put_all(&self, kvs: &[(String, String)]) {
+        let puts: Vec<Value> = kvs
+            .iter()
+            .map(|(k, v)| json!({"requestPut": {"key": BASE64.encode(k), "value": BASE64.encode(v)}}))
+            .collect();
+        self.call("/v3/kv/txn", json!({ "success": puts }))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The value of `key`, if set.
@@ -284,7 +299,7 @@ impl Etcd {
 
     /// Deletes `key`; returns how many keys went away (0 or 1).
     pub fn delete(&self, key: &str) -> i64 {
-        let body = json!({ "key": base64::encode(key.as_bytes()) });
+        let body = json!({ "key": BASE64.encode(key.as_bytes()) });
         let reply = self
             .call("/v3/kv/deleterange", body)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -293,9 +308,9 @@ impl Etcd {
 
     /// Keys (with values and leases) in `[key, end)`, or just `key`.
     pub fn try_range(&self, key: &str, end: Option<&[u8]>) -> Result<Vec<Kv>, EtcdError> {
-        let mut body = json!({ "key": base64::encode(key.as_bytes()) });
+        let mut body = json!({ "key": BASE64.encode(key.as_bytes()) });
         if let Some(end) = end {
-            body["range_end"] = Value::String(base64::encode(end));
+            body["range_end"] = Value::String(BASE64.encode(end));
         }
         let path = "/v3/kv/range";
         let reply = self.call(path, body)?;
@@ -313,8 +328,8 @@ impl Etcd {
     pub fn enable_auth(&self, user: &str, password: &str, prefix: &str) {
         let perm = json!({
             "permType": "READWRITE",
-            "key": base64::encode(prefix.as_bytes()),
-            "range_end": base64::encode(&prefix_end(prefix.as_bytes())),
+            "key": BASE64.encode(prefix.as_bytes()),
+            "range_end": BASE64.encode(prefix_end(prefix.as_bytes())),
         });
         let steps = [
             (
@@ -420,7 +435,8 @@ impl Kv {
     fn parse(v: &Value) -> Option<Kv> {
         let text = |f: &str| {
             let raw = v.get(f).and_then(Value::as_str).unwrap_or("");
-            base64::decode(raw).map(|b| String::from_utf8_lossy(&b).into_owned())
+            let bytes = BASE64.decode(raw).ok()?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
         };
         Some(Kv {
             key: text("key")?,

@@ -6,24 +6,27 @@
 //! each node. Everything a test creates is named uniquely (see [`unique`]) and
 //! removed by `Drop` guards, pass or fail.
 //!
-//! The building blocks ([`Netns`], [`Proc`], [`TempDir`], [`Etcd`]) are usable
-//! on their own, e.g. by a crate's root integration tests; [`Cluster`] puts
-//! them together.
+//! The building blocks ([`Netns`], [`Proc`], [`TempDir`], [`Etcd`],
+//! [`Monitor`]) are usable on their own, e.g. by a crate's root integration
+//! tests; [`Cluster`] puts them together. Every test that needs root starts
+//! with [`require_root!`], every wait is a [`wait_until`].
 
-mod base64;
 mod check;
 mod cluster;
 mod cmd;
 mod etcd;
 pub mod http;
+mod monitor;
 mod netns;
 mod node;
 mod pod;
 mod podman;
 mod proc;
+pub mod root;
 mod subnet_env;
 mod tempdir;
 mod tls;
+mod wait;
 
 pub use check::{ping_matrix, udp_source_seen, PingResult};
 pub use cluster::{
@@ -31,11 +34,14 @@ pub use cluster::{
 };
 pub use cmd::{bin_path, run, sh, unique};
 pub use etcd::{Etcd, EtcdError, EtcdTls, Kv};
+pub use monitor::Monitor;
 pub use netns::{run_in_netns, Netns};
 pub use node::{Node, HEALTHZ_PORT};
 pub use pod::{exec_plugin, result_ip, CniExec, Pod};
 pub use podman::Podman;
 pub use proc::{let_children_outlive_us, Proc};
+pub use root::root_or_skip;
 pub use subnet_env::{network_of, split_cidr, SubnetEnv};
 pub use tempdir::TempDir;
 pub use tls::Pki;
+pub use wait::{try_wait_until, wait_until};

@@ -4,11 +4,12 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::cmd::{describe_failure, run};
+use crate::try_wait_until;
 
 /// A network namespace `/run/netns/NAME` with `lo` up.
 ///
@@ -173,18 +174,15 @@ fn pids_in(name: &str) -> Vec<i32> {
 
 /// Kills every process in namespace `name` and deletes it. Never panics.
 pub(crate) fn remove_netns(name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    // Gone or not, the namespace is deleted after that (never a panic).
+    let _ = try_wait_until(Duration::from_secs(5), || {
         let pids = pids_in(name);
-        if pids.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        for pid in pids {
+        for &pid in &pids {
             // SAFETY: kill(2) has no memory effects.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        pids.is_empty()
+    });
     let _ = Command::new("ip").args(["netns", "del", name]).output();
 }
 

@@ -3,14 +3,14 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::http::http_get_in;
 use crate::pod::{CniExec, Pod};
 use crate::subnet_env::SubnetEnv;
-use crate::{Netns, Proc};
+use crate::{try_wait_until, Netns, Proc};
 
 /// How long flanneld may take to write subnet.env and become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,26 +144,27 @@ impl Node {
     /// `/readyz` answers 200. Panics with the log when flanneld dies or the
     /// time is up.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let env = SubnetEnv::read(&self.subnet_file());
+        let mut env = None;
+        let mut exited = false;
+        let ready = try_wait_until(READY_TIMEOUT, || {
+            env = SubnetEnv::read(&self.subnet_file());
             if env.is_some() && (!self.healthz || self.readyz() == Some(200)) {
-                return;
+                return true;
             }
-            let running = self.flanneld_running();
-            if !running || Instant::now() >= deadline {
-                let why = if running {
-                    "not ready in time"
-                } else {
-                    "flanneld exited"
-                };
-                panic!(
-                    "{}: {why} (subnet.env {env:?}); log:\n{}",
-                    self.name,
-                    self.flanneld_log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            // Give up at once: a dead flanneld never gets ready.
+            exited = !self.flanneld_running();
+            exited
+        });
+        if ready.is_none() || exited {
+            let why = match exited {
+                true => "flanneld exited".to_string(),
+                false => format!("not ready within {READY_TIMEOUT:?}"),
+            };
+            panic!(
+                "{}: {why} (subnet.env {env:?}); log:\n{}",
+                self.name,
+                self.flanneld_log()
+            );
         }
     }
 
@@ -176,6 +177,38 @@ impl Node {
     pub fn http_get(&self, path: &str) -> Option<crate::http::HttpReply> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, HEALTHZ_PORT));
         http_get_in(&self.netns.path(), addr, path).ok()
+    }
+
+    /// The value of metric `name` on flanneld's `/metrics`; panics when
+    /// flanneld does not answer or has no such metric.
+    pub fn metric(&self, name: &str) -> f64 {
+        let reply = self.http_get("/metrics").unwrap_or_else(|| {
+            panic!(
+                "{}: /metrics does not answer:\n{}",
+                self.name,
+                self.flanneld_log()
+            )
+        });
+        let value = reply
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{}: no {name} in\n{}", self.name, reply.body));
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {name} {value:?}: {e}", self.name))
+    }
+
+    /// Waits until flanneld made `passes` more datapath reconcile passes
+    /// than it had made when this is called: proof that whatever one could
+    /// change did run.
+    pub fn wait_reconcile_passes(&self, passes: u32) {
+        const RUNS: &str = "flanneld_reconcile_runs_total";
+        let target = self.metric(RUNS) + f64::from(passes);
+        let what = format!("{}: {passes} more reconcile passes", self.name);
+        crate::wait_until(Duration::from_secs(60), &what, || {
+            self.metric(RUNS) >= target
+        });
     }
 
     /// SIGTERM and wait (a graceful stop; with `--graceful-leave` the lease
@@ -201,6 +234,26 @@ impl Node {
     /// Everything flanneld logged on this node, across restarts.
     pub fn flanneld_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("flanneld.log")).unwrap_or_default()
+    }
+
+    /// How many lines of flanneld's log contain `text`.
+    pub fn logged(&self, text: &str) -> usize {
+        self.flanneld_log()
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// Waits until `times` lines of flanneld's log contain `text`; panics
+    /// with the log when that takes longer than `timeout`.
+    pub fn wait_logged(&self, text: &str, times: usize, timeout: Duration) {
+        let done = try_wait_until(timeout, || self.logged(text) >= times);
+        assert!(
+            done.is_some(),
+            "{}: {text:?} not logged {times} times within {timeout:?}; log:\n{}",
+            self.name,
+            self.flanneld_log()
+        );
     }
 
     /// Sends SIGTERM to flanneld without waiting (to stop many at once).

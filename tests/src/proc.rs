@@ -5,9 +5,9 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::TempDir;
+use crate::{try_wait_until, TempDir};
 
 /// How long a process gets to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -91,17 +91,13 @@ impl Proc {
     /// Waits up to `timeout` for the process to exit by itself.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        try_wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        })?;
+        self.child = None;
+        status
     }
 
     /// SIGKILL (a crash, as far as the process can tell) and reap.

@@ -7,6 +7,7 @@ use harness::{udp_source_seen, Cluster, ClusterOpts};
 
 #[test]
 fn ip_masq_hides_pods_from_the_outside_only() {
+    harness::require_root!();
     let opts = ClusterOpts::default().flanneld_arg("--ip-masq");
     let mut c = Cluster::new(2, opts);
     assert!(c.node(0).subnet_env().ipmasq);
@@ -48,6 +49,7 @@ fn source_seen_outside(opts: ClusterOpts) -> (IpAddr, Cluster) {
 
 #[test]
 fn without_ip_masq_the_plugin_masquerades_each_pod() {
+    harness::require_root!();
     // flannel's rule: the bridge masquerades when flanneld does not
     // (delegate ipMasq = !FLANNEL_IPMASQ).
     let (seen, c) = source_seen_outside(ClusterOpts::default());
@@ -57,6 +59,7 @@ fn without_ip_masq_the_plugin_masquerades_each_pod() {
 
 #[test]
 fn with_no_masquerade_at_all_pod_addresses_leave_the_node() {
+    harness::require_root!();
     // The contrast that shows the rewriting above is masquerading at work.
     let mut opts = ClusterOpts::default();
     opts.cni_conf["delegate"]["ipMasq"] = false.into();

@@ -4,23 +4,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use harness::{Cluster, ClusterOpts, Node, Pod};
+use harness::{try_wait_until, Cluster, ClusterOpts, Node, Pod};
 
 /// Pings `ip` from `pod` until answered or `deadline`; true when answered.
 fn ping_until(pod: &Pod, ip: std::net::Ipv4Addr, deadline: Instant) -> bool {
-    loop {
-        let attempt = pod.exec(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", &ip.to_string()]);
-        if attempt.status.success() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-    }
+    let ip = ip.to_string();
+    let ping = || pod.exec(&["ping", "-n", "-q", "-c", "1", "-W", "0.2", &ip]);
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    try_wait_until(timeout, || ping().status.success()).is_some()
 }
 
 #[test]
 fn a_node_joining_later_is_reachable_from_all_pods_within_2s() {
+    harness::require_root!();
     let mut c = Cluster::new(3, ClusterOpts::default());
     for i in 0..3 {
         for p in ["a", "b"] {
@@ -79,6 +75,7 @@ fn peer_entries(node: &Node, subnet: &str, mac: &str) -> (bool, bool, bool) {
 
 #[test]
 fn graceful_leave_removes_the_node_everywhere_and_frees_its_subnet() {
+    harness::require_root!();
     let opts = ClusterOpts::default().flanneld_arg("--graceful-leave");
     let mut c = Cluster::new(3, opts);
     let leaving = c.node(2);
@@ -108,15 +105,17 @@ fn graceful_leave_removes_the_node_everywhere_and_frees_its_subnet() {
     assert_eq!(c.etcd().get(&key), None, "lease still in etcd");
     let deadline = Instant::now() + Duration::from_secs(5);
     for node in &c.nodes()[..2] {
-        while peer_entries(node, &subnet, &mac) != (false, false, false) {
-            let now = peer_entries(node, &subnet, &mac);
-            assert!(
-                Instant::now() < deadline,
-                "{} still has (route, fdb, neigh) = {now:?}",
-                node.name()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut now = None;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let gone = try_wait_until(left, || {
+            now = Some(peer_entries(node, &subnet, &mac));
+            now == Some((false, false, false))
+        });
+        assert!(
+            gone.is_some(),
+            "{} still has (route, fdb, neigh) = {now:?}",
+            node.name()
+        );
     }
     // The two remaining nodes still reach each other.
     c.wait_converged();

@@ -49,6 +49,7 @@ fn cluster_with_mtu(underlay_mtu: u32) -> (Cluster, u32) {
 
 #[test]
 fn full_size_packets_cross_and_oversized_fail_at_the_sender() {
+    harness::require_root!();
     let (c, mtu) = cluster_with_mtu(1500);
     assert_eq!(mtu, 1450);
     let (a, b) = (c.node(0).pod("a"), c.node(1).pod("b"));
@@ -66,6 +67,7 @@ fn full_size_packets_cross_and_oversized_fail_at_the_sender() {
 
 #[test]
 fn a_jumbo_underlay_gives_jumbo_pods() {
+    harness::require_root!();
     let (c, mtu) = cluster_with_mtu(9000);
     assert_eq!(mtu, 8950);
     let (a, b) = (c.node(0).pod("a"), c.node(1).pod("b"));

@@ -22,6 +22,7 @@ fn assert_allocated(node: &Node, ip: &str) {
 
 #[test]
 fn podman_containers_on_two_nodes_ping_each_other() {
+    harness::require_root!();
     let c = Cluster::new(2, ClusterOpts::default());
     let (pm1, pm2) = (Podman::new(c.node(0).cni()), Podman::new(c.node(1).cni()));
     let ip1 = pm1.run_container("c1");

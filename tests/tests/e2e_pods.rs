@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{network_of, ping_matrix, split_cidr, Cluster, ClusterOpts, Proc};
+use harness::{network_of, ping_matrix, split_cidr, wait_until, Cluster, ClusterOpts, Proc};
 
 /// Three nodes with pods `n1a n1b n2a n2b n3a n3b`.
 fn cluster_3x2() -> Cluster {
@@ -20,6 +20,7 @@ fn cluster_3x2() -> Cluster {
 
 #[test]
 fn full_ping_matrix_across_three_nodes() {
+    harness::require_root!();
     let c = cluster_3x2();
     // Every node leased its own /24 of the network; every pod is in it.
     let subnets: HashSet<String> = c.nodes().iter().map(|n| n.subnet()).collect();
@@ -44,6 +45,7 @@ fn full_ping_matrix_across_three_nodes() {
 
 #[test]
 fn nodes_reach_pods_on_every_node() {
+    harness::require_root!();
     let c = cluster_3x2();
     let mut failed = Vec::new();
     for node in c.nodes() {
@@ -72,6 +74,7 @@ fn fetch(pod: &harness::Pod, ip: &str, port: &str) -> String {
 
 #[test]
 fn two_processes_in_one_pod_share_its_address() {
+    harness::require_root!();
     let mut c = Cluster::new(2, ClusterOpts::default());
     c.node_mut(0).add_pod("web");
     c.node_mut(1).add_pod("client");
@@ -83,25 +86,21 @@ fn two_processes_in_one_pod_share_its_address() {
     let ns_of =
         |path: String| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let pod_ns = ns_of(web.netns().path().display().to_string()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
     // `ip netns exec` execs busybox in place; its namespace is the pod's.
-    while ns_of(format!("/proc/{}/ns/net", server.pid())).ok() != Some(pod_ns) {
-        assert!(server.is_running(), "server exited: {}", server.log());
-        assert!(Instant::now() < deadline, "server not in the pod netns");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "the server in the pod netns",
+        || {
+            assert!(server.is_running(), "server exited: {}", server.log());
+            ns_of(format!("/proc/{}/ns/net", server.pid())).ok() == Some(pod_ns)
+        },
+    );
 
     // A second process in the same pod reaches the first on the pod's IP and
     // on localhost; a pod on another node reaches it on the pod's IP.
-    let wait_up = Instant::now() + Duration::from_secs(5);
-    while fetch(web, &ip, "7000") != "pong" {
-        assert!(
-            Instant::now() < wait_up,
-            "server never answered: {}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), "the server to answer", || {
+        fetch(web, &ip, "7000") == "pong"
+    });
     assert_eq!(fetch(web, "127.0.0.1", "7000"), "pong");
     assert_eq!(fetch(c.node(1).pod("client"), &ip, "7000"), "pong");
     // Both processes see one eth0 carrying the pod's address.

@@ -5,7 +5,13 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{Cluster, ClusterOpts, Kv, Node, Proc};
+use harness::{wait_until, Cluster, ClusterOpts, Kv, Monitor, Node, Proc};
+
+/// Full reconcile passes every second: what could undo the datapath runs
+/// often, and the checks that nothing changed wait for two passes.
+fn opts() -> ClusterOpts {
+    ClusterOpts::default().flanneld_arg("--resync-interval=1")
+}
 
 /// "N packets transmitted, M received" from ping's summary.
 fn counts(log: &str) -> Option<(u32, u32)> {
@@ -18,14 +24,16 @@ fn counts(log: &str) -> Option<(u32, u32)> {
 }
 
 /// Starts `count` pings, 10 ms apart, from pod "a" on node 1 to pod "b" on
-/// node 2, and lets them get going.
+/// node 2, and returns once the first is answered.
 fn start_pings(c: &Cluster, count: u32) -> Proc {
     let target = c.node(1).pod("b").ip().to_string();
     let mut cmd: Command = c.node(0).pod("a").cmd("ping");
     let count = count.to_string();
     cmd.args(["-n", "-i", "0.01", "-c", &count, "-W", "1", &target]);
     let ping = Proc::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(5), "the first ping answered", || {
+        ping.log().contains(" bytes from ")
+    });
     ping
 }
 
@@ -39,27 +47,30 @@ fn assert_all_answered(ping: &mut Proc, count: u32) {
     assert!(status.success(), "{log}");
 }
 
-/// Nothing was torn down and rebuilt: the same devices as `devices`, and
-/// no entry deleted while the monitors watched.
-fn assert_datapath_untouched(c: &Cluster, devices: &[(u64, String)], monitors: &[Proc]) {
+/// Nothing was torn down and rebuilt: once every flanneld made two more
+/// reconcile passes, the same devices as `devices`, and no entry deleted
+/// while the monitors watched.
+fn assert_datapath_untouched(c: &Cluster, devices: &[(u64, String)], monitors: &[Monitor]) {
+    c.nodes().iter().for_each(|n| n.wait_reconcile_passes(2));
     let after: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
     assert_eq!(devices, after);
     for (node, monitor) in c.nodes().iter().zip(monitors) {
-        let deleted = deletions(&monitor.log(), &node.vxlan_dev());
+        let deleted = deletions(&monitor.lines(), &node.vxlan_dev());
         assert!(deleted.is_empty(), "{}: {deleted:?}", node.name());
     }
 }
 
 #[test]
 fn flanneld_restart_loses_no_ping() {
-    let mut c = Cluster::new(2, ClusterOpts::default());
+    harness::require_root!();
+    let mut c = Cluster::new(2, opts());
     c.node_mut(0).add_pod("a");
     c.node_mut(1).add_pod("b");
     // 300 pings, 10 ms apart (seconds in all): longer than both restarts.
     let mut ping = start_pings(&c, 300);
 
     // Watch the datapath of both nodes while flanneld restarts.
-    let monitors: Vec<Proc> = c.nodes().iter().map(watch_datapath).collect();
+    let monitors: Vec<Monitor> = c.nodes().iter().map(watch_datapath).collect();
     let devices: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
     c.node_mut(1).restart_flanneld();
     c.node_mut(0).restart_flanneld();
@@ -81,7 +92,8 @@ fn flanneld_restart_loses_no_ping() {
 /// peers), and nothing in the datapath is deleted.
 #[test]
 fn flanneld_killed_keeps_datapath_subnet_and_lease() {
-    let mut c = Cluster::new(2, ClusterOpts::default());
+    harness::require_root!();
+    let mut c = Cluster::new(2, opts());
     c.node_mut(0).add_pod("a");
     c.node_mut(1).add_pod("b");
     // 600 pings, 10 ms apart (6 s): longer than 2 s dead plus both restarts.
@@ -90,7 +102,7 @@ fn flanneld_killed_keeps_datapath_subnet_and_lease() {
     let leases = lease_records(&c);
     assert_eq!(leases.len(), 2, "{leases:?}");
     let subnet_envs: Vec<String> = c.nodes().iter().map(subnet_env_text).collect();
-    let monitors: Vec<Proc> = c.nodes().iter().map(watch_datapath).collect();
+    let monitors: Vec<Monitor> = c.nodes().iter().map(watch_datapath).collect();
     let devices: Vec<_> = c.nodes().iter().map(vxlan_identity).collect();
     for node in c.nodes_mut() {
         let status = node.kill_flanneld();
@@ -128,7 +140,8 @@ fn flanneld_killed_keeps_datapath_subnet_and_lease() {
 /// one through a nexthop, and pings crossing the node all get answered.
 #[test]
 fn node_with_flannels_plain_routes_converges_without_losing_a_ping() {
-    let mut c = Cluster::new(2, ClusterOpts::default());
+    harness::require_root!();
+    let mut c = Cluster::new(2, opts());
     c.node_mut(0).add_pod("a");
     c.node_mut(1).add_pod("b");
     c.node_mut(0).stop_flanneld();
@@ -158,19 +171,16 @@ fn node_with_flannels_plain_routes_converges_without_losing_a_ping() {
     c.node_mut(0).wait_ready();
     let node = c.node(0);
     let nhid = || node.netns().ip_json(&["route", "show", &peer_subnet])[0]["nhid"].as_u64();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while nhid().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            node.flanneld_log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "the route through a nexthop",
+        || nhid().is_some(),
+    );
     assert!(ping.is_running(), "flanneld start outlasted the ping run");
 
     assert_all_answered(&mut ping, 300);
-    let deleted = deletions(&monitor.log(), &dev);
+    node.wait_reconcile_passes(2);
+    let deleted = deletions(&monitor.lines(), &dev);
     assert!(deleted.is_empty(), "{deleted:?}");
 }
 
@@ -186,29 +196,22 @@ fn subnet_env_text(node: &Node) -> String {
     std::fs::read_to_string(node.subnet_file()).expect("subnet.env")
 }
 
-/// `ip monitor` of the routes and neighbours on the node's VXLAN device and
-/// `bridge monitor fdb` (which cannot filter by device), into one log.
-fn watch_datapath(node: &Node) -> Proc {
-    let dev = node.vxlan_dev();
-    let script = format!(
-        "ip monitor route dev {dev} & ip monitor neigh dev {dev} & bridge monitor fdb & wait"
-    );
-    let mut cmd = node.netns().cmd("sh");
-    cmd.args(["-c", &script]);
-    let p = Proc::spawn(&mut cmd);
-    // Give the monitors time to subscribe before anything happens.
-    std::thread::sleep(Duration::from_millis(100));
-    p
+/// The node's routes, neighbours and FDB entries, watched from now on.
+fn watch_datapath(node: &Node) -> Monitor {
+    Monitor::start(node.netns(), &["route", "neigh"])
 }
 
-/// Deletions the monitor saw on the VXLAN device (route and neighbour lines
-/// are already filtered by device; FDB lines name it).
-fn deletions(log: &str, dev: &str) -> Vec<String> {
-    let fdb_dev = format!("dev {dev} ");
-    log.lines()
-        .filter(|l| l.starts_with("Deleted"))
-        .filter(|l| !l.contains(" dev ") || l.contains(&fdb_dev))
-        .map(str::to_string)
+/// Deletions the monitor saw on the VXLAN device: lines naming it (`dev
+/// DEV`), and to be safe lines naming no device at all.
+fn deletions(lines: &[String], dev: &str) -> Vec<String> {
+    let on_dev = |l: &str| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        !words.contains(&"dev") || words.windows(2).any(|w| w == ["dev", dev])
+    };
+    lines
+        .iter()
+        .filter(|l| l.starts_with("Deleted") && on_dev(l))
+        .cloned()
         .collect()
 }
 

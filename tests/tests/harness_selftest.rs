@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{sh, unique, Etcd, Netns, Proc, TempDir};
+use harness::{sh, unique, wait_until, Etcd, Monitor, Netns, Proc, TempDir};
 
 fn netns_listed(name: &str) -> bool {
     sh(&["ip", "netns", "list"])
@@ -15,6 +15,7 @@ fn netns_listed(name: &str) -> bool {
 
 #[test]
 fn netns_is_created_with_lo_up_and_removed_with_its_processes() {
+    harness::require_root!();
     let ns = Netns::new("hst");
     let name = ns.name().to_string();
     assert!(netns_listed(&name));
@@ -27,8 +28,10 @@ fn netns_is_created_with_lo_up_and_removed_with_its_processes() {
 
     let sleeper = ns.cmd("sleep").arg("600").spawn().unwrap();
     let pid = sleeper.id() as i32;
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(ns.pids(), vec![pid]);
+    // `ip netns exec` enters the namespace, then execs sleep in place.
+    wait_until(Duration::from_secs(5), "sleep inside the namespace", || {
+        ns.pids() == vec![pid]
+    });
     drop(ns);
     assert!(!netns_listed(&name));
     assert!(!Path::new("/run/netns").join(&name).exists());
@@ -38,6 +41,7 @@ fn netns_is_created_with_lo_up_and_removed_with_its_processes() {
 
 #[test]
 fn netns_exec_and_json_helpers_run_inside() {
+    harness::require_root!();
     let ns = Netns::new("hst");
     let out = ns.exec(&["ip", "-j", "addr", "show", "lo"]);
     assert!(out.status.success());
@@ -61,6 +65,7 @@ fn netns_exec_and_json_helpers_run_inside() {
 
 #[test]
 fn unique_names_fit_links() {
+    harness::require_root!();
     let ns = Netns::new("hst");
     let a = unique("veth");
     assert!(a.len() <= 15);
@@ -84,10 +89,11 @@ fn proc_captures_output_and_is_stopped_on_drop() {
         Proc::spawn(Command::new("sh").args(["-c", "echo out; echo err >&2; exec sleep 600"]));
     let pid = p.pid();
     let log_dir = p.log_path().parent().unwrap().to_path_buf();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(Duration::from_secs(5), "both lines in the log", || {
+        let log = p.log();
+        log.contains("out\n") && log.contains("err\n")
+    });
     assert!(p.is_running());
-    let log = p.log();
-    assert!(log.contains("out") && log.contains("err"), "{log}");
     drop(p);
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
@@ -105,7 +111,9 @@ fn proc_terminate_reports_exit_and_kill9_kills_stubborn() {
     let mut stubborn = Proc::spawn(
         Command::new("sh").args(["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"]),
     );
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(Duration::from_secs(5), "the trap to be set", || {
+        stubborn.log().contains("ready")
+    });
     assert_eq!(stubborn.kill9().signal(), Some(libc::SIGKILL));
 }
 
@@ -117,10 +125,38 @@ fn tempdir_is_removed_on_drop() {
     std::fs::create_dir(dir.join("sub")).unwrap();
     drop(dir);
     assert!(!path.exists());
+
+    let mut kept = TempDir::new("hst");
+    kept.keep();
+    let path = kept.path().to_path_buf();
+    drop(kept);
+    assert!(path.is_dir(), "kept dir removed");
+    std::fs::remove_dir(&path).unwrap();
+}
+
+#[test]
+fn monitor_reports_changes_but_not_its_canary() {
+    harness::require_root!();
+    let ns = Netns::new("hst");
+    let monitor = Monitor::start(&ns, &["link", "route"]);
+    // The canary is gone, and nothing of it is reported.
+    assert_eq!(ns.ip_json(&["link"]).as_array().unwrap().len(), 1);
+    assert_eq!(monitor.lines(), Vec::<String>::new());
+
+    let dummy = unique("hsd");
+    ns.ip(&format!("link add {dummy} type bridge"));
+    ns.ip(&format!("link del {dummy}"));
+    wait_until(Duration::from_secs(5), "the dummy's deletion", || {
+        monitor
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("Deleted") && l.contains(&dummy))
+    });
 }
 
 #[test]
 fn etcd_round_trips_values_leases_and_prefixes() {
+    harness::require_root!();
     let ns = Netns::new("hse");
     let mut etcd = Etcd::start_in(&ns, "127.0.0.1");
     assert_eq!(etcd.endpoint(), "http://127.0.0.1:2379");
@@ -165,20 +201,20 @@ fn etcd_round_trips_values_leases_and_prefixes() {
 
 #[test]
 fn etcd_lease_expiry_removes_the_key() {
+    harness::require_root!();
     let ns = Netns::new("hse");
     let etcd = Etcd::start_in(&ns, "127.0.0.1");
     let lease = etcd.put_with_lease("/t/short", "v", 1);
     assert!(etcd.get("/t/short").is_some());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while etcd.get("/t/short").is_some() {
-        assert!(std::time::Instant::now() < deadline, "lease never expired");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(Duration::from_secs(10), "the 1 s lease to expire", || {
+        etcd.get("/t/short").is_none()
+    });
     assert_eq!(etcd.lease_ttl(lease), None);
 }
 
 #[test]
 fn empty_cluster_has_underlay_etcd_and_externals_and_leaves_nothing() {
+    harness::require_root!();
     let mut cluster = harness::Cluster::new(0, harness::ClusterOpts::default());
     let config = cluster.etcd().get("/coreos.com/network/config").unwrap();
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
@@ -231,6 +267,7 @@ fn base36(mut n: u32) -> String {
 
 #[test]
 fn sweep_removes_leftovers_of_dead_runs_only() {
+    harness::require_root!();
     let stale = format!("fl-n{}0", base36(dead_pid()));
     sh(&["ip", "netns", "add", &stale]);
     let stale_dir = std::env::temp_dir().join(format!("fl-c{}0", base36(dead_pid())));

@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{Cluster, ClusterOpts, Node};
+use harness::{try_wait_until, Cluster, ClusterOpts, Node};
 use serde_json::Value;
 
 pub const PREFIX: &str = "/coreos.com/network";
@@ -91,21 +91,6 @@ pub fn has_flag(v: &Value, flag: &str) -> bool {
     arr(&v["flags"]).iter().any(|s| s == flag)
 }
 
-/// Polls `f` every 20 ms until it is true or `timeout` passes; returns how
-/// long it took, or `None`.
-pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() >= timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The MAC of `dev` in the node.
 pub fn link_mac(node: &Node, dev: &str) -> String {
     let links = node.netns().ip_json(&["link", "show", dev]);
@@ -115,18 +100,6 @@ pub fn link_mac(node: &Node, dev: &str) -> String {
 pub fn link_index(node: &Node, dev: &str) -> u64 {
     let links = node.netns().ip_json(&["link", "show", dev]);
     links[0]["ifindex"].as_u64().unwrap()
-}
-
-/// A metric's value from `/metrics`.
-pub fn metric(node: &Node, name: &str) -> f64 {
-    let reply = node.http_get("/metrics").expect("metrics answer");
-    reply
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {name} in {}", reply.body))
-        .parse()
-        .unwrap()
 }
 
 /// Every node's lease is flannel's JSON, and every node has the other
@@ -151,7 +124,7 @@ pub fn assert_nodes_lease_and_program_each_other(c: &Cluster) {
 pub fn assert_new_peer_programmed_after_restart(c: &Cluster, node: &Node) {
     let (subnet, mac, ip) = ("10.244.210.0/24", "02:aa:bb:cc:dd:10", "192.0.2.90");
     c.etcd().put(&lease_key(subnet), &lease_json(ip, 1, mac));
-    let seen = wait_for(Duration::from_secs(10), || {
+    let seen = try_wait_until(Duration::from_secs(10), || {
         peer_entries(node, subnet, mac, ip) == (true, true, true)
     });
     assert!(
@@ -159,5 +132,5 @@ pub fn assert_new_peer_programmed_after_restart(c: &Cluster, node: &Node) {
         "peer added after the etcd restart not programmed:\n{}",
         node.flanneld_log()
     );
-    assert!(metric(node, "flanneld_watch_restarts_total") >= 1.0);
+    assert!(node.metric("flanneld_watch_restarts_total") >= 1.0);
 }

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let rust_log = env.get("RUST_LOG").map(String::as_str);
     let result = match command {
         Command::Help => {
             print!("{}", cli::usage());
@@ -23,10 +24,12 @@ fn main() -> ExitCode {
             println!("flanneld {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Run(opts) => {
-            flanneld::log::set_verbosity(opts.verbosity);
-            flanneld::daemon::run(opts).map(|()| 0)
+        Command::Run(opts) | Command::Status(opts)
+            if init_log(opts.verbosity, rust_log).is_err() =>
+        {
+            return ExitCode::from(2);
         }
+        Command::Run(opts) => flanneld::daemon::run(opts).map(|()| 0),
         Command::Status(opts) => flanneld::status::run(opts),
     };
     match result {
@@ -36,4 +39,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_log(verbosity: u32, rust_log: Option<&str>) -> Result<(), ()> {
+    flanneld::log::init(verbosity, flanneld::log::LogFormat::Text, rust_log)
+        .map_err(|e| eprintln!("flanneld: {e}"))
 }

@@ -31,7 +31,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// The crate's own target prefix (library modules and the binary).
 const OWN_TARGET: &str = "flanneld";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     // `2024-05-01T10:00:00.123Z INFO message`
     #[default]

@@ -3,169 +3,29 @@
 //! flannel's `flagutil.SetFlagsFromEnv` does. A flag given on the command
 //! line wins over the environment.
 //!
-//! Flags take one or two dashes and `=value` or a separate argument, like
-//! Go's `flag` package, so existing unit files and manifests keep working.
+//! clap parses; a small shim in front of it keeps Go's `flag` conventions
+//! that existing unit files and manifests use: one dash for long flags
+//! (`-etcd-endpoints=x`, `-iface eth0`, `-v=2`). The environment comes in
+//! as a map (the process's in `main`, a test's own in tests) and is turned
+//! into flags for what the command line leaves unset, so clap never reads
+//! the process environment itself; its `env` attributes only document the
+//! variables in `--help`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+pub use crate::log::LogFormat;
+
+/// Bad flags or values; the text names the flag and the value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CliError {
-    #[error("unknown flag {0:?} (see --help)")]
-    Unknown(String),
-    #[error("flag --{0} needs a value")]
-    MissingValue(&'static str),
-    #[error("invalid value {value:?} for --{flag}: {why}")]
-    Invalid {
-        flag: &'static str,
-        value: String,
-        why: String,
-    },
-    #[error("unexpected argument {0:?}")]
-    Positional(String),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Bool,
-    Value,
-    /// May be given several times (`--iface`).
-    Multi,
-}
-
-struct Spec {
-    name: &'static str,
-    kind: Kind,
-    default: &'static str,
-    help: &'static str,
-}
-
-const fn spec(name: &'static str, kind: Kind, default: &'static str, help: &'static str) -> Spec {
-    Spec {
-        name,
-        kind,
-        default,
-        help,
-    }
-}
-
-/// Every flag, with the default shown by `--help` and documented in README.md.
-const SPECS: &[Spec] = &[
-    spec(
-        "etcd-endpoints",
-        Kind::Value,
-        "http://127.0.0.1:2379",
-        "comma-separated etcd endpoints",
-    ),
-    spec(
-        "etcd-prefix",
-        Kind::Value,
-        "/coreos.com/network",
-        "etcd prefix of the network config and leases",
-    ),
-    spec(
-        "etcd-cafile",
-        Kind::Value,
-        "",
-        "CA certificate to verify etcd (TLS)",
-    ),
-    spec(
-        "etcd-certfile",
-        Kind::Value,
-        "",
-        "client certificate for etcd (TLS)",
-    ),
-    spec("etcd-keyfile", Kind::Value, "", "client key for etcd (TLS)"),
-    spec(
-        "etcd-username",
-        Kind::Value,
-        "",
-        "username for etcd authentication",
-    ),
-    spec(
-        "etcd-password",
-        Kind::Value,
-        "",
-        "password for etcd authentication",
-    ),
-    spec(
-        "iface",
-        Kind::Multi,
-        "",
-        "interface (name or IP) for inter-host traffic; repeat to try several in order",
-    ),
-    spec(
-        "public-ip",
-        Kind::Value,
-        "",
-        "IP other nodes use to reach this one (default: the interface's address)",
-    ),
-    spec(
-        "subnet-file",
-        Kind::Value,
-        subnet_env::DEFAULT_PATH,
-        "where to write subnet.env",
-    ),
-    spec(
-        "subnet-lease-renew-margin",
-        Kind::Value,
-        "60",
-        "renew the lease this many minutes before it expires (1-1439)",
-    ),
-    spec(
-        "ip-masq",
-        Kind::Bool,
-        "false",
-        "masquerade traffic leaving the cluster network",
-    ),
-    spec(
-        "iptables-forward-rules",
-        Kind::Bool,
-        "true",
-        "add FORWARD accept rules for the cluster network",
-    ),
-    spec(
-        "iptables-resync",
-        Kind::Value,
-        "5",
-        "seconds between firewall rule checks",
-    ),
-    spec(
-        "healthz-ip",
-        Kind::Value,
-        "0.0.0.0",
-        "address of the /healthz, /readyz and /metrics server",
-    ),
-    spec(
-        "healthz-port",
-        Kind::Value,
-        "0",
-        "port of that server (0 disables it)",
-    ),
-    spec(
-        "resync-interval",
-        Kind::Value,
-        "15",
-        "seconds between full datapath reconciles",
-    ),
-    spec(
-        "graceful-leave",
-        Kind::Bool,
-        "false",
-        "revoke this node's lease on shutdown so peers drop it at once",
-    ),
-    spec(
-        "ipam-dir",
-        Kind::Value,
-        "/var/lib/cni/networks",
-        "status: host-local IPAM stores to list pods from",
-    ),
-    spec("v", Kind::Value, "0", "log verbosity (0: info; 1+: debug)"),
-    spec("help", Kind::Bool, "false", "print this help"),
-    spec("version", Kind::Bool, "false", "print the version"),
-];
+#[error("{0}")]
+pub struct CliError(String);
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +57,194 @@ pub struct Options {
     pub resync_interval: Duration,
     pub graceful_leave: bool,
     pub verbosity: u32,
+    pub log_format: LogFormat,
     pub ipam_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Verb {
+    Run,
+    Status,
+}
+
+/// Every flag, with the default shown by `--help` and documented in README.md.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flanneld",
+    version,
+    about = "Flannel-compatible node daemon: etcd subnet leases and a self-healing VXLAN datapath",
+    override_usage = "flanneld [OPTIONS] [run]\n       flanneld status [OPTIONS]",
+    after_help = "Long flags also take one dash (-ip-masq) and a value after `=` or as the \
+                  next argument. Every flag can be set through its FLANNELD_<NAME> \
+                  environment variable; the command line wins.",
+    args_override_self = true
+)]
+struct Args {
+    /// run (the default): the daemon; status: show this node's lease, peers and pods
+    #[arg(
+        value_enum,
+        value_name = "COMMAND",
+        default_value_t = Verb::Run,
+        hide_default_value = true
+    )]
+    verb: Verb,
+    /// comma-separated etcd endpoints
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        value_name = "URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_parser = endpoints
+    )]
+    etcd_endpoints: Endpoints,
+    /// etcd prefix of the network config and leases
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PREFIX",
+        value_name = "PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    etcd_prefix: String,
+    /// CA certificate to verify etcd (TLS)
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE", value_name = "FILE")]
+    etcd_cafile: Option<String>,
+    /// client certificate for etcd (TLS)
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE", value_name = "FILE")]
+    etcd_certfile: Option<String>,
+    /// client key for etcd (TLS)
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE", value_name = "FILE")]
+    etcd_keyfile: Option<String>,
+    /// username for etcd authentication
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME", value_name = "USER")]
+    etcd_username: Option<String>,
+    /// password for etcd authentication
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", value_name = "PASSWORD")]
+    etcd_password: Option<String>,
+    /// interface (name or IP) for inter-host traffic; repeat to try several in order
+    #[arg(long, env = "FLANNELD_IFACE", value_name = "IFACE")]
+    iface: Vec<String>,
+    /// IP other nodes use to reach this one (default: the interface's address)
+    #[arg(long, env = "FLANNELD_PUBLIC_IP", value_name = "IP", value_parser = ipv4_or_empty)]
+    public_ip: Option<String>,
+    /// where to write subnet.env
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        value_name = "FILE",
+        default_value = subnet_env::DEFAULT_PATH
+    )]
+    subnet_file: PathBuf,
+    /// renew the lease this many minutes before it expires (1-1439)
+    #[arg(
+        long = "subnet-lease-renew-margin",
+        env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+        value_name = "MINUTES",
+        default_value = "60",
+        value_parser = renew_margin
+    )]
+    renew_margin: Duration,
+    /// masquerade traffic leaving the cluster network
+    #[arg(
+        long,
+        env = "FLANNELD_IP_MASQ",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = go_bool
+    )]
+    ip_masq: bool,
+    /// add FORWARD accept rules for the cluster network
+    #[arg(
+        long,
+        env = "FLANNELD_IPTABLES_FORWARD_RULES",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = go_bool
+    )]
+    iptables_forward_rules: bool,
+    /// seconds between firewall rule checks
+    #[arg(
+        long,
+        env = "FLANNELD_IPTABLES_RESYNC",
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = seconds
+    )]
+    iptables_resync: Duration,
+    /// address of the /healthz, /readyz and /metrics server
+    #[arg(
+        long,
+        env = "FLANNELD_HEALTHZ_IP",
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        value_parser = trimmed::<IpAddr>
+    )]
+    healthz_ip: IpAddr,
+    /// port of that server (0 disables it)
+    #[arg(
+        long,
+        env = "FLANNELD_HEALTHZ_PORT",
+        value_name = "PORT",
+        default_value = "0",
+        value_parser = trimmed::<u16>
+    )]
+    healthz_port: u16,
+    /// seconds between full datapath reconciles
+    #[arg(
+        long,
+        env = "FLANNELD_RESYNC_INTERVAL",
+        value_name = "SECONDS",
+        default_value = "15",
+        value_parser = seconds
+    )]
+    resync_interval: Duration,
+    /// revoke this node's lease on shutdown so peers drop it at once
+    #[arg(
+        long,
+        env = "FLANNELD_GRACEFUL_LEAVE",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = go_bool
+    )]
+    graceful_leave: bool,
+    /// status: host-local IPAM stores to list pods from
+    #[arg(
+        long,
+        env = "FLANNELD_IPAM_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/cni/networks"
+    )]
+    ipam_dir: PathBuf,
+    /// log verbosity (0: info; 1: debug; 2: trace, and the libraries' info; 3, 4: their debug, trace)
+    #[arg(
+        short = 'v',
+        long = "v",
+        env = "FLANNELD_V",
+        value_name = "LEVEL",
+        default_value = "0",
+        value_parser = trimmed::<u32>
+    )]
+    verbosity: u32,
+    /// log line format
+    #[arg(
+        long,
+        env = "FLANNELD_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
 }
 
 /// Parses `args` (without the program name) and the environment `env`.
@@ -206,272 +253,222 @@ where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let (mut given, positional) = scan(args.into_iter().map(Into::into))?;
-    if flag_true(&given, "help")? {
-        return Ok(Command::Help);
-    }
-    if flag_true(&given, "version")? {
-        return Ok(Command::Version);
-    }
-    apply_env(&mut given, env);
-    let opts = build(&given)?;
-    match positional.as_deref() {
-        None | Some("run") => Ok(Command::Run(opts)),
-        Some("status") => Ok(Command::Status(opts)),
-        Some(other) => Err(CliError::Positional(other.to_owned())),
-    }
-}
-
-type Given = HashMap<&'static str, Vec<String>>;
-
-/// Splits the arguments into flag values and at most one subcommand.
-fn scan(mut args: impl Iterator<Item = String>) -> Result<(Given, Option<String>), CliError> {
-    let mut given = Given::new();
-    let mut positional = None;
-    while let Some(arg) = args.next() {
-        let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-            if positional.is_some() {
-                return Err(CliError::Positional(arg));
-            }
-            positional = Some(arg);
-            continue;
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (body, None),
-        };
-        let spec = SPECS
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| CliError::Unknown(arg.clone()))?;
-        let value = match (inline, spec.kind) {
-            (Some(v), _) => v,
-            (None, Kind::Bool) => "true".to_owned(),
-            (None, _) => args.next().ok_or(CliError::MissingValue(spec.name))?,
-        };
-        given.entry(spec.name).or_default().push(value);
-    }
-    Ok((given, positional))
-}
-
-/// Fills flags not given on the command line from `FLANNELD_<NAME>`.
-fn apply_env(given: &mut Given, env: &HashMap<String, String>) {
-    for spec in SPECS {
-        if given.contains_key(spec.name) {
-            continue;
-        }
-        let key = format!("FLANNELD_{}", spec.name.to_uppercase().replace('-', "_"));
-        if let Some(v) = env.get(&key).filter(|v| !v.is_empty()) {
-            let values = match spec.kind {
-                Kind::Multi => v.split(',').map(|s| s.trim().to_owned()).collect(),
-                _ => vec![v.clone()],
-            };
-            given.insert(spec.name, values);
-        }
-    }
-}
-
-fn raw<'a>(given: &'a Given, name: &'static str) -> &'a str {
-    match given.get(name).and_then(|v| v.last()) {
-        Some(v) => v,
-        None => SPECS
-            .iter()
-            .find(|s| s.name == name)
-            .map_or("", |s| s.default),
-    }
-}
-
-fn invalid(flag: &'static str, value: &str, why: impl ToString) -> CliError {
-    CliError::Invalid {
-        flag,
-        value: value.to_owned(),
-        why: why.to_string(),
-    }
-}
-
-fn typed<T: std::str::FromStr>(given: &Given, name: &'static str) -> Result<T, CliError>
-where
-    T::Err: std::fmt::Display,
-{
-    let v = raw(given, name);
-    v.trim().parse().map_err(|e| invalid(name, v, e))
-}
-
-fn flag_true(given: &Given, name: &'static str) -> Result<bool, CliError> {
-    match raw(given, name) {
-        "true" | "1" | "t" | "T" | "TRUE" | "True" => Ok(true),
-        "false" | "0" | "f" | "F" | "FALSE" | "False" => Ok(false),
-        other => Err(invalid(name, other, "expected true or false")),
-    }
-}
-
-fn optional(given: &Given, name: &'static str) -> Option<String> {
-    Some(raw(given, name).to_owned()).filter(|v| !v.is_empty())
-}
-
-fn seconds(given: &Given, name: &'static str) -> Result<Duration, CliError> {
-    let secs: u64 = typed(given, name)?;
-    if secs == 0 {
-        return Err(invalid(name, raw(given, name), "must be at least 1"));
-    }
-    Ok(Duration::from_secs(secs))
-}
-
-fn build(given: &Given) -> Result<Options, CliError> {
-    let margin: u64 = typed(given, "subnet-lease-renew-margin")?;
-    if !(1..24 * 60).contains(&margin) {
-        let v = raw(given, "subnet-lease-renew-margin");
-        return Err(invalid(
-            "subnet-lease-renew-margin",
-            v,
-            "must be between 1 and 1439 minutes",
-        ));
-    }
-    let endpoints: Vec<String> = raw(given, "etcd-endpoints")
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if endpoints.is_empty() {
-        return Err(invalid(
-            "etcd-endpoints",
-            "",
-            "at least one endpoint is needed",
-        ));
-    }
-    let public_ip = match optional(given, "public-ip") {
-        Some(v) => Some(v.parse().map_err(|e| invalid("public-ip", &v, e))?),
-        None => None,
+    let cmd = command().mut_args(|a| a.env(None));
+    let args = with_env(&cmd, go_style(&cmd, args.into_iter().map(Into::into)), env);
+    let matches = match cmd.try_get_matches_from(std::iter::once("flanneld".into()).chain(args)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => return Ok(Command::Help),
+        Err(e) if e.kind() == ErrorKind::DisplayVersion => return Ok(Command::Version),
+        Err(e) => return Err(cli_error(&e)),
     };
-    Ok(Options {
-        etcd_endpoints: endpoints,
-        etcd_prefix: raw(given, "etcd-prefix").trim_end_matches('/').to_owned(),
-        etcd_cafile: optional(given, "etcd-cafile").map(PathBuf::from),
-        etcd_certfile: optional(given, "etcd-certfile").map(PathBuf::from),
-        etcd_keyfile: optional(given, "etcd-keyfile").map(PathBuf::from),
-        etcd_username: optional(given, "etcd-username"),
-        etcd_password: optional(given, "etcd-password"),
-        iface: given.get("iface").cloned().unwrap_or_default(),
-        public_ip,
-        subnet_file: PathBuf::from(raw(given, "subnet-file")),
-        renew_margin: Duration::from_secs(margin * 60),
-        ip_masq: flag_true(given, "ip-masq")?,
-        iptables_forward_rules: flag_true(given, "iptables-forward-rules")?,
-        iptables_resync: seconds(given, "iptables-resync")?,
-        healthz_ip: typed(given, "healthz-ip")?,
-        healthz_port: typed(given, "healthz-port")?,
-        resync_interval: seconds(given, "resync-interval")?,
-        graceful_leave: flag_true(given, "graceful-leave")?,
-        verbosity: typed(given, "v")?,
-        ipam_dir: PathBuf::from(raw(given, "ipam-dir")),
+    let parsed = Args::from_arg_matches(&matches).map_err(|e| cli_error(&e))?;
+    let verb = parsed.verb;
+    let opts = parsed.into_options();
+    Ok(match verb {
+        Verb::Run => Command::Run(opts),
+        Verb::Status => Command::Status(opts),
     })
 }
 
 /// The text of `--help`.
 pub fn usage() -> String {
-    let mut out = String::from(
-        "Usage: flanneld [OPTION]...          run the daemon\n       \
-         flanneld status [OPTION]...   show this node's lease, peers and pods\n\nOptions \
-         (each also as FLANNELD_<NAME>, e.g. FLANNELD_ETCD_ENDPOINTS):\n",
-    );
-    for s in SPECS {
-        let arg = match s.kind {
-            Kind::Bool => String::new(),
-            _ => "=VALUE".to_owned(),
+    command().render_help().to_string()
+}
+
+fn command() -> clap::Command {
+    Args::command().mut_args(|a| {
+        // Like Go's `flag`, a flag's value is the next argument, whatever it
+        // looks like.
+        let separate = a.get_action().takes_values() && !a.is_require_equals_set();
+        let a = if separate && !a.is_positional() {
+            a.allow_hyphen_values(true)
+        } else {
+            a
         };
-        let default = match s.default {
-            "" => String::new(),
-            d => format!(" (default {d})"),
-        };
-        out.push_str(&format!("  --{}{arg}\n      {}{default}\n", s.name, s.help));
+        // Values from the environment could be secrets (the etcd password).
+        a.hide_env_values(true)
+    })
+}
+
+/// clap's message without its `error: ` prefix (main prefixes the program).
+fn cli_error(e: &clap::Error) -> CliError {
+    let text = e.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    CliError(text.trim_end().to_owned())
+}
+
+/// The long flags of `cmd` that take their value from the next argument
+/// when none follows `=`.
+fn separate_value_flags(cmd: &clap::Command) -> HashSet<String> {
+    cmd.get_arguments()
+        .filter(|a| a.get_action().takes_values() && !a.is_require_equals_set())
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect()
+}
+
+/// Go's `flag` takes long flags with one dash: `-iface eth0` becomes
+/// `--iface eth0` and `-v=2` `--v=2`. Other one-letter flags (`-h`, `-V`)
+/// stay as they are; values and everything after `--` are left alone.
+fn go_style(cmd: &clap::Command, mut args: impl Iterator<Item = String>) -> Vec<String> {
+    let takes_next = separate_value_flags(cmd);
+    let mut out = Vec::new();
+    while let Some(mut arg) = args.next() {
+        if arg == "--" {
+            out.push(arg);
+            out.extend(args.by_ref());
+            break;
+        }
+        if let Some(body) = arg.strip_prefix('-').filter(|b| !b.starts_with('-')) {
+            let name = body.split('=').next().unwrap_or_default();
+            if name.len() > 1 || name == "v" {
+                arg.insert(0, '-');
+            }
+        }
+        let value_follows = arg
+            .strip_prefix("--")
+            .is_some_and(|name| !name.contains('=') && takes_next.contains(name));
+        out.push(arg);
+        if value_follows {
+            out.extend(args.next());
+        }
     }
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// `args` with `--name=value` in front for each `FLANNELD_<NAME>` that is
+/// set, not empty, and whose flag the command line does not give.
+/// `FLANNELD_IFACE` is comma-separated.
+fn with_env(cmd: &clap::Command, args: Vec<String>, env: &HashMap<String, String>) -> Vec<String> {
+    let takes_next = separate_value_flags(cmd);
+    let given = given_flags(&args, &takes_next);
+    let mut from_env = Vec::new();
+    for long in cmd.get_arguments().filter_map(|a| a.get_long()) {
+        if given.contains(long) || long == "help" || long == "version" {
+            continue;
+        }
+        let key = format!("FLANNELD_{}", long.to_uppercase().replace('-', "_"));
+        let Some(value) = env.get(&key).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let values: Vec<&str> = match long {
+            "iface" => value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect(),
+            _ => vec![value.as_str()],
+        };
+        from_env.extend(values.into_iter().map(|v| format!("--{long}={v}")));
+    }
+    from_env.extend(args);
+    from_env
+}
 
-    fn run(args: &[&str]) -> Options {
-        match parse(args.iter().copied(), &HashMap::new()).unwrap() {
-            Command::Run(o) => o,
-            other => panic!("{other:?}"),
+/// The long flags on a (go_style-normalised) command line.
+fn given_flags(args: &[String], takes_next: &HashSet<String>) -> HashSet<String> {
+    let mut given = HashSet::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            continue;
+        };
+        let (name, inline) = body
+            .split_once('=')
+            .map_or((body, false), |(n, _)| (n, true));
+        if !inline && takes_next.contains(name) {
+            args.next();
+        }
+        given.insert(name.to_owned());
+    }
+    given
+}
+
+impl Args {
+    fn into_options(self) -> Options {
+        let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
+        Options {
+            etcd_endpoints: self.etcd_endpoints.0,
+            etcd_prefix: self.etcd_prefix.trim_end_matches('/').to_owned(),
+            etcd_cafile: non_empty(self.etcd_cafile).map(PathBuf::from),
+            etcd_certfile: non_empty(self.etcd_certfile).map(PathBuf::from),
+            etcd_keyfile: non_empty(self.etcd_keyfile).map(PathBuf::from),
+            etcd_username: non_empty(self.etcd_username),
+            etcd_password: non_empty(self.etcd_password),
+            iface: self.iface,
+            // Checked by ipv4_or_empty.
+            public_ip: non_empty(self.public_ip).and_then(|v| v.trim().parse().ok()),
+            subnet_file: self.subnet_file,
+            renew_margin: self.renew_margin,
+            ip_masq: self.ip_masq,
+            iptables_forward_rules: self.iptables_forward_rules,
+            iptables_resync: self.iptables_resync,
+            healthz_ip: self.healthz_ip,
+            healthz_port: self.healthz_port,
+            resync_interval: self.resync_interval,
+            graceful_leave: self.graceful_leave,
+            verbosity: self.verbosity,
+            log_format: self.log_format,
+            ipam_dir: self.ipam_dir,
         }
     }
+}
 
-    #[test]
-    fn defaults_are_flannels() {
-        let o = run(&[]);
-        assert_eq!(o.etcd_endpoints, vec!["http://127.0.0.1:2379"]);
-        assert_eq!(o.etcd_prefix, "/coreos.com/network");
-        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
-        assert_eq!(o.renew_margin, Duration::from_secs(3600));
-        assert!(!o.ip_masq && o.iptables_forward_rules && !o.graceful_leave);
-        assert_eq!(o.healthz_port, 0);
-        assert_eq!(o.healthz_ip.to_string(), "0.0.0.0");
-    }
+#[derive(Debug, Clone)]
+struct Endpoints(Vec<String>);
 
-    #[test]
-    fn go_style_flags_are_accepted() {
-        let o = run(&[
-            "-etcd-endpoints=http://a:1,http://b:2",
-            "--iface",
-            "eth1",
-            "--iface=10.0.0.1",
-            "--ip-masq",
-            "-iptables-forward-rules=false",
-            "-v=2",
-            "--public-ip",
-            "192.0.2.1",
-        ]);
-        assert_eq!(o.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
-        assert_eq!(o.iface, vec!["eth1", "10.0.0.1"]);
-        assert!(o.ip_masq && !o.iptables_forward_rules);
-        assert_eq!(o.verbosity, 2);
-        assert_eq!(o.public_ip, Some("192.0.2.1".parse().unwrap()));
-    }
-
-    #[test]
-    fn environment_fills_unset_flags_only() {
-        let env: HashMap<String, String> = [
-            ("FLANNELD_ETCD_PREFIX", "/x/network"),
-            ("FLANNELD_IP_MASQ", "true"),
-            ("FLANNELD_HEALTHZ_PORT", "8471"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+fn endpoints(v: &str) -> Result<Endpoints, String> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
         .collect();
-        let Command::Run(o) = parse(["--healthz-port=9000"], &env).unwrap() else {
-            panic!()
-        };
-        assert_eq!(o.etcd_prefix, "/x/network");
-        assert!(o.ip_masq);
-        assert_eq!(o.healthz_port, 9000);
+    if list.is_empty() {
+        return Err("at least one endpoint is needed".into());
     }
+    Ok(Endpoints(list))
+}
 
-    #[test]
-    fn status_subcommand_and_errors() {
-        let env = HashMap::new();
-        assert!(matches!(
-            parse(["status", "-v=1"], &env),
-            Ok(Command::Status(_))
-        ));
-        assert_eq!(parse(["--help"], &env), Ok(Command::Help));
-        assert_eq!(
-            parse(["--bogus"], &env),
-            Err(CliError::Unknown("--bogus".into()))
-        );
-        assert_eq!(
-            parse(["--iface"], &env),
-            Err(CliError::MissingValue("iface"))
-        );
-        let err = parse(["--subnet-lease-renew-margin=1440"], &env).unwrap_err();
-        assert!(
-            err.to_string().contains("subnet-lease-renew-margin"),
-            "{err}"
-        );
-        let err = parse(["--public-ip=nope"], &env).unwrap_err();
-        assert!(err.to_string().contains("--public-ip"), "{err}");
-        assert!(parse(["status", "extra"], &env).is_err());
+fn trimmed<T: FromStr>(v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// Go's `strconv.ParseBool`, which flannel's boolean flags go through.
+fn go_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "1" | "t" | "T" | "TRUE" | "True" => Ok(true),
+        "false" | "0" | "f" | "F" | "FALSE" | "False" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
+
+/// An IPv4 address, or empty for "not set".
+fn ipv4_or_empty(v: &str) -> Result<String, String> {
+    if !v.trim().is_empty() {
+        trimmed::<Ipv4Addr>(v)?;
+    }
+    Ok(v.to_owned())
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    match trimmed::<u64>(v)? {
+        0 => Err("must be at least 1".into()),
+        secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
+fn renew_margin(v: &str) -> Result<Duration, String> {
+    match trimmed::<u64>(v)? {
+        m @ 1..=1439 => Ok(Duration::from_secs(m * 60)),
+        _ => Err("must be between 1 and 1439 minutes".into()),
+    }
+}
+
+#[cfg(test)]
+#[path = "cli_tests.rs"]
+mod tests;

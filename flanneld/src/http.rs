@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::Shared;
+use crate::metrics;
 
 const MAX_REQUEST: usize = 8 * 1024;
 
@@ -74,11 +75,7 @@ pub fn respond(method: &str, path: &str, shared: &Shared) -> (&'static str, &'st
             TEXT,
             "not ready: datapath not programmed yet\n".into(),
         ),
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
-        ),
+        "/metrics" => ("200 OK", metrics::CONTENT_TYPE, shared.metrics.render()),
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
 }
@@ -86,7 +83,7 @@ pub fn respond(method: &str, path: &str, shared: &Shared) -> (&'static str, &'st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering::Relaxed;
+    use crate::metrics::Metrics;
 
     #[test]
     fn endpoints() {
@@ -96,14 +93,18 @@ mod tests {
             respond("GET", "/readyz", &shared).0,
             "503 Service Unavailable"
         );
-        shared.metrics.ready.store(true, Relaxed);
+        Metrics::set(&shared.metrics.ready, 1);
         assert_eq!(respond("GET", "/readyz?verbose", &shared).0, "200 OK");
         let (status, ct, body) = respond("GET", "/metrics", &shared);
         assert_eq!(
             (status, ct),
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8")
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            )
         );
-        assert!(body.contains("flanneld_ready 1"));
+        assert!(body.contains("\nflanneld_ready 1\n"), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
         assert_eq!(
             respond("POST", "/healthz", &shared).0,
             "405 Method Not Allowed"

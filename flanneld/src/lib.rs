@@ -5,8 +5,6 @@
 //! right by reconciling desired state (the leases) with actual state (the
 //! kernel), and hands the subnet to the CNI plugin through subnet.env.
 
-pub mod log;
-
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -14,7 +12,11 @@ pub mod daemon;
 pub mod http;
 pub mod iface;
 pub mod lease;
+pub mod log;
 pub mod masq;
 pub mod metrics;
 pub mod status;
 pub mod util;
+
+// The log macros, so modules write `crate::info!` and `use crate::{info, warn}`.
+pub use tracing::{debug, error, info, trace, warn};

@@ -1,156 +1,188 @@
-//! Counters and gauges shared by the threads, rendered as Prometheus text.
+//! Counters, gauges and a histogram shared by the threads, rendered as
+//! OpenMetrics text (which Prometheus scrapes like its own text format).
+//!
+//! Counters are registered without `_total`: the encoder appends it, so the
+//! exposed names are `flanneld_..._total` as they always were.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-#[derive(Debug, Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the reconcile duration buckets, in seconds: a pass over
+/// a few peers takes around 100 µs, one over thousands of new peers seconds.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Debug)]
 pub struct Metrics {
-    pub ready: AtomicBool,
+    registry: Registry,
+    /// 1 once the datapath is programmed and subnet.env written.
+    pub ready: Gauge,
     /// Peers the leases ask for.
-    pub peers: AtomicU64,
+    pub peers: Gauge,
     /// Peers whose neighbour, FDB entry and route are all in place.
-    pub peers_programmed: AtomicU64,
-    pub reconcile_runs: AtomicU64,
-    pub reconcile_errors: AtomicU64,
-    pub reconcile_ops: AtomicU64,
-    pub reconcile_seconds_sum_us: AtomicU64,
-    pub reconcile_last_us: AtomicU64,
-    pub lease_expiry_unix: AtomicI64,
-    pub lease_acquisitions: AtomicU64,
-    pub lease_renewals: AtomicU64,
-    pub watch_restarts: AtomicU64,
-    pub leases_skipped: AtomicU64,
-    pub firewall_syncs: AtomicU64,
-    pub firewall_errors: AtomicU64,
+    pub peers_programmed: Gauge,
+    pub reconcile_runs: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_ops: Counter,
+    pub reconcile_duration: Histogram,
+    pub reconcile_last_seconds: Gauge<f64, AtomicU64>,
+    pub lease_expiry_unix: Gauge,
+    pub lease_acquisitions: Counter,
+    pub lease_renewals: Counter,
+    pub watch_restarts: Counter,
+    pub leases_skipped: Counter,
+    pub firewall_syncs: Counter,
+    pub firewall_errors: Counter,
 }
 
-struct Line<'a> {
-    name: &'a str,
-    kind: &'a str,
-    help: &'a str,
-    value: String,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            ready: Gauge::default(),
+            peers: Gauge::default(),
+            peers_programmed: Gauge::default(),
+            reconcile_runs: Counter::default(),
+            reconcile_errors: Counter::default(),
+            reconcile_ops: Counter::default(),
+            reconcile_duration: Histogram::new(DURATION_BUCKETS),
+            reconcile_last_seconds: Gauge::default(),
+            lease_expiry_unix: Gauge::default(),
+            lease_acquisitions: Counter::default(),
+            lease_renewals: Counter::default(),
+            watch_restarts: Counter::default(),
+            leases_skipped: Counter::default(),
+            firewall_syncs: Counter::default(),
+            firewall_errors: Counter::default(),
+        };
+        m.register();
+        m
+    }
 }
 
 impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+    /// Registers every metric under its exposed name (counters without
+    /// `_total`), in the order `/metrics` lists them.
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        let ready_help = "1 once the datapath is programmed and subnet.env written";
+        r.register("flanneld_ready", ready_help, self.ready.clone());
+        r.register(
+            "flanneld_peers",
+            "remote nodes in the leases",
+            self.peers.clone(),
+        );
+        r.register(
+            "flanneld_peers_programmed",
+            "remote nodes whose neighbour, FDB entry and route are in place",
+            self.peers_programmed.clone(),
+        );
+        r.register(
+            "flanneld_reconcile_runs",
+            "datapath reconcile passes",
+            self.reconcile_runs.clone(),
+        );
+        r.register(
+            "flanneld_reconcile_errors",
+            "reconcile passes that failed or left an operation undone",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "flanneld_reconcile_operations",
+            "netlink changes made by reconcile passes",
+            self.reconcile_ops.clone(),
+        );
+        r.register(
+            "flanneld_reconcile_duration_seconds",
+            "duration of reconcile passes",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "flanneld_reconcile_last_duration_seconds",
+            "duration of the last reconcile pass",
+            self.reconcile_last_seconds.clone(),
+        );
+        self.register_lease_and_firewall();
+    }
+
+    fn register_lease_and_firewall(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "flanneld_lease_expiry_timestamp_seconds",
+            "when this node's lease expires (0: permanent or none)",
+            self.lease_expiry_unix.clone(),
+        );
+        let counters = [
+            (
+                "flanneld_lease_acquisitions",
+                "times this node acquired its lease",
+                &self.lease_acquisitions,
+            ),
+            (
+                "flanneld_lease_renewals",
+                "successful lease renewals",
+                &self.lease_renewals,
+            ),
+            (
+                "flanneld_watch_restarts",
+                "times the etcd watch was re-established",
+                &self.watch_restarts,
+            ),
+            (
+                "flanneld_leases_skipped",
+                "malformed or foreign leases ignored",
+                &self.leases_skipped,
+            ),
+            (
+                "flanneld_firewall_syncs",
+                "firewall rule checks",
+                &self.firewall_syncs,
+            ),
+            (
+                "flanneld_firewall_errors",
+                "firewall rule checks that failed",
+                &self.firewall_errors,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+    }
+
+    pub fn add(counter: &Counter, n: u64) {
+        counter.inc_by(n);
+    }
+
+    pub fn set(gauge: &Gauge, value: i64) {
+        gauge.set(value);
+    }
+
+    /// Records one reconcile pass's duration.
+    pub fn observe_pass(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        self.reconcile_duration.observe(secs);
+        self.reconcile_last_seconds.set(secs);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed)
+        self.ready.get() == 1
     }
 
-    fn lines(&self) -> Vec<Line<'static>> {
-        let g = |a: &AtomicU64| a.load(Relaxed).to_string();
-        let secs = |us: u64| format!("{:.6}", us as f64 / 1e6);
-        let l = |name, kind, help, value| Line {
-            name,
-            kind,
-            help,
-            value,
-        };
-        vec![
-            l(
-                "flanneld_ready",
-                "gauge",
-                "1 once the datapath is programmed and subnet.env written",
-                u64::from(self.is_ready()).to_string(),
-            ),
-            l(
-                "flanneld_peers",
-                "gauge",
-                "remote nodes in the leases",
-                g(&self.peers),
-            ),
-            l(
-                "flanneld_peers_programmed",
-                "gauge",
-                "remote nodes whose neighbour, FDB entry and route are in place",
-                g(&self.peers_programmed),
-            ),
-            l(
-                "flanneld_reconcile_runs_total",
-                "counter",
-                "datapath reconcile passes",
-                g(&self.reconcile_runs),
-            ),
-            l(
-                "flanneld_reconcile_errors_total",
-                "counter",
-                "reconcile passes that failed or left an operation undone",
-                g(&self.reconcile_errors),
-            ),
-            l(
-                "flanneld_reconcile_operations_total",
-                "counter",
-                "netlink changes made by reconcile passes",
-                g(&self.reconcile_ops),
-            ),
-            l(
-                "flanneld_reconcile_duration_seconds_sum",
-                "counter",
-                "total time spent reconciling",
-                secs(self.reconcile_seconds_sum_us.load(Relaxed)),
-            ),
-            l(
-                "flanneld_reconcile_last_duration_seconds",
-                "gauge",
-                "duration of the last reconcile pass",
-                secs(self.reconcile_last_us.load(Relaxed)),
-            ),
-            l(
-                "flanneld_lease_expiry_timestamp_seconds",
-                "gauge",
-                "when this node's lease expires (0: permanent or none)",
-                self.lease_expiry_unix.load(Relaxed).to_string(),
-            ),
-            l(
-                "flanneld_lease_acquisitions_total",
-                "counter",
-                "times this node acquired its lease",
-                g(&self.lease_acquisitions),
-            ),
-            l(
-                "flanneld_lease_renewals_total",
-                "counter",
-                "successful lease renewals",
-                g(&self.lease_renewals),
-            ),
-            l(
-                "flanneld_watch_restarts_total",
-                "counter",
-                "times the etcd watch was re-established",
-                g(&self.watch_restarts),
-            ),
-            l(
-                "flanneld_leases_skipped_total",
-                "counter",
-                "malformed or foreign leases ignored",
-                g(&self.leases_skipped),
-            ),
-            l(
-                "flanneld_firewall_syncs_total",
-                "counter",
-                "firewall rule checks",
-                g(&self.firewall_syncs),
-            ),
-            l(
-                "flanneld_firewall_errors_total",
-                "counter",
-                "firewall rule checks that failed",
-                g(&self.firewall_errors),
-            ),
-        ]
-    }
-
-    /// The Prometheus text exposition format (version 0.0.4).
+    /// The OpenMetrics text exposition (version 1.0.0), ending in `# EOF`.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for line in self.lines() {
-            let _ = writeln!(out, "# HELP {} {}", line.name, line.help);
-            let _ = writeln!(out, "# TYPE {} {}", line.name, line.kind);
-            let _ = writeln!(out, "{} {}", line.name, line.value);
-        }
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -159,24 +191,116 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// `name value` of every sample line.
+    fn samples(text: &str) -> Vec<(String, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').unwrap();
+                (name.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn value(text: &str, name: &str) -> f64 {
+        let found = samples(text).into_iter().find(|(n, _)| n == name);
+        found.unwrap_or_else(|| panic!("no {name} in\n{text}")).1
+    }
+
     #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.peers.store(3, Relaxed);
-        Metrics::add(&m.reconcile_runs, 2);
-        m.reconcile_last_us.store(1500, Relaxed);
-        let text = m.render();
-        assert!(
-            text.contains("# TYPE flanneld_peers gauge\nflanneld_peers 3\n"),
-            "{text}"
+    fn exposes_the_same_names_and_types() {
+        let text = Metrics::default().render();
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "flanneld_ready gauge",
+                "flanneld_peers gauge",
+                "flanneld_peers_programmed gauge",
+                "flanneld_reconcile_runs counter",
+                "flanneld_reconcile_errors counter",
+                "flanneld_reconcile_operations counter",
+                "flanneld_reconcile_duration_seconds histogram",
+                "flanneld_reconcile_last_duration_seconds gauge",
+                "flanneld_lease_expiry_timestamp_seconds gauge",
+                "flanneld_lease_acquisitions counter",
+                "flanneld_lease_renewals counter",
+                "flanneld_watch_restarts counter",
+                "flanneld_leases_skipped counter",
+                "flanneld_firewall_syncs counter",
+                "flanneld_firewall_errors counter",
+            ]
         );
-        assert!(text.contains("flanneld_reconcile_runs_total 2\n"));
-        assert!(text.contains("flanneld_reconcile_last_duration_seconds 0.001500\n"));
-        assert!(text.contains("flanneld_ready 0\n"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = line.split_once(' ').unwrap();
-            assert!(name.starts_with("flanneld_"), "{line}");
-            value.parse::<f64>().unwrap();
+        let names: Vec<String> = samples(&text)
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !n.contains("_duration_seconds_"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "flanneld_ready",
+                "flanneld_peers",
+                "flanneld_peers_programmed",
+                "flanneld_reconcile_runs_total",
+                "flanneld_reconcile_errors_total",
+                "flanneld_reconcile_operations_total",
+                "flanneld_reconcile_last_duration_seconds",
+                "flanneld_lease_expiry_timestamp_seconds",
+                "flanneld_lease_acquisitions_total",
+                "flanneld_lease_renewals_total",
+                "flanneld_watch_restarts_total",
+                "flanneld_leases_skipped_total",
+                "flanneld_firewall_syncs_total",
+                "flanneld_firewall_errors_total",
+            ]
+        );
+        assert!(text.contains("# HELP flanneld_peers remote nodes in the leases.\n"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_values() {
+        let m = Metrics::default();
+        Metrics::set(&m.peers, 3);
+        Metrics::set(&m.ready, 1);
+        Metrics::set(&m.lease_expiry_unix, 1_714_557_600);
+        Metrics::add(&m.reconcile_runs, 2);
+        m.observe_pass(Duration::from_micros(1500));
+        let text = m.render();
+        assert!(m.is_ready());
+        assert!(text.contains("# TYPE flanneld_peers gauge\nflanneld_peers 3\n"));
+        assert_eq!(value(&text, "flanneld_ready"), 1.0);
+        assert_eq!(value(&text, "flanneld_reconcile_runs_total"), 2.0);
+        assert_eq!(
+            value(&text, "flanneld_lease_expiry_timestamp_seconds"),
+            1_714_557_600.0
+        );
+        assert_eq!(
+            value(&text, "flanneld_reconcile_last_duration_seconds"),
+            0.0015
+        );
+    }
+
+    #[test]
+    fn reconcile_durations_form_a_histogram() {
+        let m = Metrics::default();
+        for us in [50, 1500, 1500, 20_000_000] {
+            m.observe_pass(Duration::from_micros(us));
         }
+        let text = m.render();
+        let name = "flanneld_reconcile_duration_seconds";
+        let bucket = |le: &str| value(&text, &format!("{name}_bucket{{le=\"{le}\"}}"));
+        assert_eq!(bucket("0.0001"), 1.0);
+        assert_eq!(bucket("0.001"), 1.0);
+        assert_eq!(bucket("0.0025"), 3.0);
+        assert_eq!(bucket("10.0"), 3.0);
+        assert_eq!(bucket("+Inf"), 4.0);
+        assert_eq!(value(&text, &format!("{name}_count")), 4.0);
+        let sum = value(&text, &format!("{name}_sum"));
+        assert!((sum - 20.00305).abs() < 1e-9, "{sum}");
     }
 }

@@ -125,11 +125,9 @@ impl<D: Datapath> Reconciler<D> {
             .route_mode()
             .and_then(|mode| reconcile(&mut self.dp, &target, mode));
         let m = &self.shared.metrics;
-        let us = start.elapsed().as_micros() as u64;
+        m.observe_pass(start.elapsed());
         Metrics::add(&m.reconcile_runs, 1);
-        Metrics::add(&m.reconcile_seconds_sum_us, us);
-        m.reconcile_last_us.store(us, Relaxed);
-        m.peers.store(target.peers.len() as u64, Relaxed);
+        Metrics::set(&m.peers, target.peers.len() as i64);
         if result.as_ref().is_ok_and(|p| p.ops > 0) {
             crate::util::trim_heap();
         }
@@ -165,8 +163,10 @@ impl<D: Datapath> Reconciler<D> {
         let m = &self.shared.metrics;
         self.shared.device_index.store(p.index, Relaxed);
         Metrics::add(&m.reconcile_ops, p.ops as u64);
-        m.peers_programmed
-            .store((target.peers.len() - p.broken_peers) as u64, Relaxed);
+        Metrics::set(
+            &m.peers_programmed,
+            (target.peers.len() - p.broken_peers) as i64,
+        );
         if p.failed > 0 {
             Metrics::add(&m.reconcile_errors, 1);
         } else if p.ops > 0 {
@@ -181,7 +181,7 @@ impl<D: Datapath> Reconciler<D> {
                 Ok(()) => {
                     crate::info!("wrote {}", target.subnet_file.display());
                     self.written = Some(target.subnet_env.clone());
-                    m.ready.store(true, Relaxed);
+                    Metrics::set(&m.ready, 1);
                 }
                 Err(e) => crate::error!("{e} (retrying)"),
             }

@@ -203,10 +203,7 @@ impl Daemon {
             .expires
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs() as i64);
-        self.shared
-            .metrics
-            .lease_expiry_unix
-            .store(secs, std::sync::atomic::Ordering::Relaxed);
+        Metrics::set(&self.shared.metrics.lease_expiry_unix, secs);
     }
 
     /// Stops the threads (leaving the datapath as it is) and, with

@@ -40,5 +40,9 @@ pub use nexthop::RouteMode;
 pub use plan::{affected, pending, plan, Actual, Desired, Entry};
 pub use reconciler::{read_actual, reconcile, Reconciler, Shared, Update};
 
-#[cfg(test)]
+/// An in-memory kernel and the datapath scenarios run against it and the
+/// real kernel: for tests, never part of the daemon.
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod scenarios;

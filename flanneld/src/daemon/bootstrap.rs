@@ -1,6 +1,7 @@
 //! Everything before the loop, in order: the public interface, the etcd
 //! client, the network config (waited for), the VTEP MAC, the lease. This
-//! is the etcd- and kernel-facing edge; the loop gets its results as values.
+//! is the etcd- and kernel-facing edge (only the connection and its TLS
+//! hint know it is etcd); the loop gets its results as values.
 
 use std::time::{Duration, SystemTime};
 
@@ -109,7 +110,7 @@ pub(super) async fn bootstrap(
 /// Waits for `<prefix>/config`, logging why every few seconds (`hint`
 /// follows a failure to read it). `None` when a signal came first.
 async fn wait_config(
-    store: &EtcdStore,
+    store: &impl LeaseStore,
     prefix: &str,
     hint: &str,
     signals: &mut Signals,
@@ -142,7 +143,7 @@ async fn wait_config(
 /// else the one our lease already publishes, else a new random one.
 async fn choose_mac(
     h: &mut Handle,
-    store: &EtcdStore,
+    store: &impl LeaseStore,
     prefix: &str,
     config: &NetworkConfig,
     ext: &ExtIface,
@@ -177,7 +178,7 @@ async fn choose_mac(
 /// Acquires a lease, waiting out an unreachable etcd; other failures
 /// (e.g. no free subnet) are fatal.
 async fn acquire_retrying(
-    store: &EtcdStore,
+    store: &impl LeaseStore,
     req: &LeaseRequest<'_>,
     signals: &mut Signals,
 ) -> anyhow::Result<Option<OwnLease>> {

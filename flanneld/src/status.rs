@@ -6,19 +6,17 @@
 //! Exit status: 0 when every peer is fully programmed, 3 when something is
 //! missing, 1 when etcd or the kernel cannot be read.
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use flannel_netlink::{Handle, Nexthop, Route};
-use ipnet::{IpNet, Ipv4Net};
+use flannel_netlink::Handle;
+use ipnet::Ipv4Net;
 use subnet_env::SubnetEnv;
 
 use crate::backend::device::device_name;
-use crate::backend::nexthop;
-use crate::backend::plan::gateway;
+use crate::backend::{nexthop, pending, plan, read_actual, Actual, Desired, Entry, KernelDatapath};
 use crate::cli::Options;
 use crate::config::NetworkConfig;
 use crate::lease::etcd::EtcdStore;
@@ -120,7 +118,7 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
             l.mtu
         )
     });
-    report.peers = programmed(&mut h, dev.map(|l| l.index), &set.peers())?;
+    report.peers = programmed(dev.map(|l| l.index), config.network, &set.peers())?;
     report.pods = pods(&mut h, &opts.ipam_dir)?;
     Ok(report)
 }
@@ -149,54 +147,39 @@ fn find_own<'a>(
     }))
 }
 
-fn programmed(h: &mut Handle, dev: Option<u32>, peers: &[Peer]) -> anyhow::Result<Vec<PeerRow>> {
-    let Some(index) = dev else {
-        return Ok(peers
-            .iter()
-            .map(|p| PeerRow {
-                peer: *p,
-                neigh: false,
-                fdb: false,
-                route: false,
-            })
-            .collect());
+/// Each peer's row: an entry is ok when the reconciler's plan, built from
+/// the same peers and the same kernel dumps, has nothing to do for it
+/// (without the device, nothing is in place).
+fn programmed(dev: Option<u32>, cluster: Ipv4Net, peers: &[Peer]) -> anyhow::Result<Vec<PeerRow>> {
+    let handle = Handle::new().context("cannot open a netlink socket")?;
+    let mut dp = KernelDatapath::new(handle);
+    let mode = nexthop::probe(&mut dp)?;
+    let actual = match dev {
+        Some(index) => read_actual(&mut dp, index, mode)?,
+        None => Actual::default(),
     };
-    let neighs = h.neighs(Some(index))?;
-    let fdb = h.fdb(Some(index))?;
-    let routes = h.routes(false)?;
-    let nexthops: HashMap<u32, Nexthop> = match h.nexthops() {
-        Ok(all) => all.into_iter().map(|n| (n.id, n)).collect(),
-        Err(e) if nexthop::unsupported(&e) => HashMap::new(),
-        Err(e) => return Err(e.into()),
+    let desired = Desired {
+        index: dev.unwrap_or(0),
+        cluster,
+        peers,
+        mode,
     };
-    Ok(peers
+    Ok(rows(&desired, &actual))
+}
+
+/// The rows for `d.peers` against the kernel state `a`.
+fn rows(d: &Desired, a: &Actual) -> Vec<PeerRow> {
+    let todo = pending(&plan(d, a), d.peers);
+    let ok = |p: &Peer, e: Entry| !todo.contains(&(p.subnet, e));
+    d.peers
         .iter()
         .map(|p| PeerRow {
             peer: *p,
-            neigh: neighs.iter().any(|n| {
-                n.ip == IpAddr::V4(gateway(p)) && n.mac == Some(p.vtep_mac) && n.permanent
-            }),
-            fdb: fdb
-                .iter()
-                .any(|f| f.mac == p.vtep_mac && f.dst == Some(IpAddr::V4(p.public_ip))),
-            route: routes
-                .iter()
-                .any(|r| r.dst == IpNet::V4(p.subnet) && reaches(r, p, index, &nexthops)),
+            neigh: ok(p, Entry::Neigh),
+            fdb: ok(p, Entry::Fdb),
+            route: ok(p, Entry::Route),
         })
-        .collect())
-}
-
-/// The route sends to the peer's gateway on the device: by its own
-/// gateway, or through its nexthop (whose gateway dumps may not repeat
-/// when the kernel's nexthop compat mode is off).
-fn reaches(r: &Route, p: &Peer, index: u32, nexthops: &HashMap<u32, Nexthop>) -> bool {
-    let want = Some(IpAddr::V4(gateway(p)));
-    match r.nhid {
-        Some(id) => nexthops
-            .get(&id)
-            .is_some_and(|n| n.gateway == want && n.oif == Some(index)),
-        None => r.gateway == want && r.oif == Some(index),
-    }
+        .collect()
 }
 
 /// Pods from every host-local store under `dir` (one directory per network).
@@ -312,6 +295,124 @@ pub fn render(r: &Report, now: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::lease::VxlanData;
+
+    use crate::backend::nexthop::RouteMode;
+    use crate::backend::plan::peer_route;
+    use flannel_netlink::{FdbEntry, Neighbour, Route};
+
+    const DEV: u32 = 7;
+
+    fn peer(n: u8) -> Peer {
+        Peer {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: format!("192.0.2.{n}").parse().unwrap(),
+            vtep_mac: [2, 0, 0, 0, 0, n],
+        }
+    }
+
+    fn desired(peers: &[Peer], mode: RouteMode) -> Desired<'_> {
+        Desired {
+            index: DEV,
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            peers,
+            mode,
+        }
+    }
+
+    fn nh_id(p: &Peer) -> u32 {
+        nexthop::id_for("10.244.0.0/16".parse().unwrap(), p.subnet.network()).unwrap()
+    }
+
+    /// Neighbour, FDB entry, nexthop and route of `p`, as the reconciler
+    /// leaves them (route dumps show the nexthop's gateway and device).
+    fn programmed(a: &mut Actual, p: &Peer) {
+        let gw = p.subnet.network();
+        a.neighs.push(Neighbour {
+            index: DEV,
+            ip: gw.into(),
+            mac: Some(p.vtep_mac),
+            permanent: true,
+        });
+        a.fdb.push(FdbEntry {
+            index: DEV,
+            mac: p.vtep_mac,
+            dst: Some(p.public_ip.into()),
+            master: None,
+            permanent: true,
+        });
+        a.nexthops.push(nexthop::nexthop(nh_id(p), gw, DEV));
+        let mut route = peer_route(DEV, p);
+        route.nhid = Some(nh_id(p));
+        a.routes.push(route);
+    }
+
+    fn flags(rows: &[PeerRow]) -> Vec<(bool, bool, bool)> {
+        rows.iter().map(|r| (r.neigh, r.fdb, r.route)).collect()
+    }
+
+    #[test]
+    fn an_entry_is_ok_only_when_the_reconciler_would_leave_it() {
+        let peers: Vec<Peer> = (2..=8).map(peer).collect();
+        let mut a = Actual::default();
+        peers.iter().for_each(|p| programmed(&mut a, p));
+        // Peer 2 is right. Each of the others has an entry that looks
+        // right (right MAC, right destination, right gateway) but that the
+        // next pass rewrites.
+        a.neighs[1].permanent = false;
+        a.fdb[2].permanent = false;
+        a.fdb.push(FdbEntry {
+            dst: Some("198.51.100.4".parse().unwrap()),
+            ..a.fdb[2].clone()
+        });
+        a.fdb[2].permanent = true;
+        a.fdb[3].permanent = false;
+        a.routes[4].src = Some("10.244.1.0".parse().unwrap());
+        a.routes[5].metric = Some(100);
+        a.nexthops[6].onlink = false;
+        let found = rows(&desired(&peers, RouteMode::Nexthop), &a);
+        let (ok, bad) = (true, false);
+        assert_eq!(
+            flags(&found),
+            [
+                (ok, ok, ok),
+                (bad, ok, ok),
+                (ok, bad, ok),
+                (ok, bad, ok),
+                (ok, ok, bad),
+                (ok, ok, bad),
+                (ok, ok, bad),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plain_route_is_ok_only_where_the_kernel_has_no_nexthops() {
+        let peers = [peer(2)];
+        let mut a = Actual::default();
+        programmed(&mut a, &peers[0]);
+        a.nexthops.clear();
+        a.routes = vec![peer_route(DEV, &peers[0])];
+        let nexthop_mode = rows(&desired(&peers, RouteMode::Nexthop), &a);
+        assert_eq!(flags(&nexthop_mode), [(true, true, false)]);
+        let plain_mode = rows(&desired(&peers, RouteMode::Plain), &a);
+        assert_eq!(flags(&plain_mode), [(true, true, true)]);
+    }
+
+    #[test]
+    fn without_the_device_nothing_is_in_place() {
+        let peers = [peer(2), peer(3)];
+        let none = rows(&desired(&peers, RouteMode::Nexthop), &Actual::default());
+        assert_eq!(flags(&none), [(false, false, false); 2]);
+        // Someone else's route to a peer's subnet is not ours.
+        let mut a = Actual::default();
+        a.routes.push(
+            Route::new("10.244.2.0/24".parse().unwrap())
+                .via("192.0.2.1".parse().unwrap())
+                .dev(3),
+        );
+        let theirs = rows(&desired(&peers[..1], RouteMode::Plain), &a);
+        assert_eq!(flags(&theirs), [(false, false, false)]);
+    }
 
     #[test]
     fn renders_lease_peers_and_pods() {

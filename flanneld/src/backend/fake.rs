@@ -1,12 +1,18 @@
-//! An in-memory kernel for unit tests of the device and reconcile logic.
+//! An in-memory kernel for tests of the device and reconcile logic. It
+//! behaves as the kernel does where the reconciler can tell: the datapath
+//! scenarios ([`super::scenarios`]) run against it and against the real
+//! kernel, and must end the same.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use flannel_netlink::{
-    Addr, Error, FdbEntry, Link, Neighbour, Nexthop, Result, Route, VxlanInfo, VxlanSpec,
+    Addr, Error, FdbEntry, Link, Mac, Neighbour, Nexthop, Result, Route, VxlanInfo, VxlanSpec,
 };
 use ipnet::IpNet;
 
+use super::device::device_name;
+use super::nexthop;
+use super::scenarios::{self, extra_route, Disturb};
 use super::{Datapath, Op};
 
 #[derive(Debug, Default)]
@@ -44,12 +50,111 @@ fn not_found(what: &str) -> Error {
     kernel_error(what, libc::ENOENT)
 }
 
+/// A route's metric as the kernel keys it (none is 0).
+fn metric(r: &Route) -> u32 {
+    r.metric.unwrap_or(0)
+}
+
 impl FakeKernel {
     pub fn new() -> Self {
         FakeKernel {
             next_index: 10,
             ..Default::default()
         }
+    }
+
+    /// A kernel with one more interface, up: the public one.
+    pub fn with_nic(name: &str, index: u32) -> Self {
+        let mut k = FakeKernel::new();
+        k.links.push(Link {
+            index,
+            name: name.into(),
+            mtu: 1500,
+            up: true,
+            ..Default::default()
+        });
+        k
+    }
+
+    /// Makes a scenario's change of someone else, with what the kernel
+    /// does along with it.
+    pub fn disturb(&mut self, d: &Disturb, nic: u32) {
+        let name = device_name(scenarios::VNI);
+        let Some(dev) = self.links.iter().find(|l| l.name == name) else {
+            panic!("{d:?}: no {name}");
+        };
+        let dev = dev.index;
+        match d {
+            Disturb::DelRoute(dst) => {
+                // What `ip route del` sends: no protocol, no gateway.
+                let mut r = Route::new(IpNet::V4(*dst));
+                r.protocol = 0;
+                self.del_route(&r).expect("a route to delete");
+            }
+            Disturb::DelNeigh(ip) => self.neighs.retain(|n| n.ip != IpAddr::V4(*ip)),
+            Disturb::DelFdb(mac) => self.fdb.retain(|f| f.mac != *mac),
+            Disturb::DelNexthops => {
+                let ours: Vec<u32> = (self.nexthops.iter())
+                    .filter(|n| n.protocol == nexthop::PROTOCOL)
+                    .map(|n| n.id)
+                    .collect();
+                ours.into_iter()
+                    .for_each(|id| self.del_nexthop(id).expect("listed"));
+            }
+            Disturb::DelDevice => self.del_link(dev).expect("device"),
+            Disturb::SetDown => self.set_down(dev),
+            Disturb::SetMtu(mtu) => self.set_mtu(dev, *mtu).expect("device"),
+            _ => self.add(d, dev, nic),
+        }
+    }
+
+    /// The scenario changes that add an entry.
+    fn add(&mut self, d: &Disturb, dev: u32, nic: u32) {
+        match d {
+            Disturb::AddAddr(net) => self.addrs.push(Addr {
+                index: dev,
+                net: IpNet::V4(*net),
+            }),
+            Disturb::AddNeigh { ip, mac, permanent } => {
+                self.neighs.retain(|n| n.ip != IpAddr::V4(*ip));
+                self.neighs.push(Neighbour {
+                    index: dev,
+                    ip: (*ip).into(),
+                    mac: Some(*mac),
+                    permanent: *permanent,
+                });
+            }
+            Disturb::AddFdb {
+                mac,
+                dst,
+                permanent,
+            } => self.fdb.push(FdbEntry {
+                index: dev,
+                mac: *mac,
+                dst: Some((*dst).into()),
+                master: None,
+                permanent: *permanent,
+            }),
+            Disturb::AddRoute(r) => self.routes.push(extra_route(r, dev, nic)),
+            other => unreachable!("not an addition: {other:?}"),
+        }
+    }
+
+    /// A device going down loses its routes, the nexthops through it (and
+    /// their routes) and its neighbours; FDB entries and addresses stay.
+    fn set_down(&mut self, index: u32) {
+        self.links
+            .iter_mut()
+            .filter(|l| l.index == index)
+            .for_each(|l| l.up = false);
+        self.routes.retain(|r| r.oif != Some(index));
+        self.neighs.retain(|n| n.index != index);
+        let gone: Vec<u32> = (self.nexthops.iter())
+            .filter(|n| n.oif == Some(index))
+            .map(|n| n.id)
+            .collect();
+        gone.into_iter()
+            .for_each(|id| self.del_nexthop(id).expect("listed"));
     }
 
     fn apply_one(&mut self, index: u32, op: &Op) -> Result<()> {
@@ -64,16 +169,7 @@ impl FakeKernel {
                 });
             }
             Op::DelNeigh { ip } => self.neighs.retain(|n| n.ip != *ip),
-            Op::ReplaceFdb { mac, dst } => match self.fdb.iter_mut().find(|f| f.mac == *mac) {
-                Some(f) => f.dst = Some((*dst).into()),
-                None => self.fdb.push(FdbEntry {
-                    index,
-                    mac: *mac,
-                    dst: Some((*dst).into()),
-                    master: None,
-                    permanent: true,
-                }),
-            },
+            Op::ReplaceFdb { mac, dst } => self.replace_fdb(index, *mac, *dst),
             Op::DelFdb { mac, dst } => {
                 let before = self.fdb.len();
                 self.fdb
@@ -90,16 +186,75 @@ impl FakeKernel {
                 {
                     return Err(kernel_error("replace route", libc::EINVAL));
                 }
-                // In place: the kernel swaps the entry, there is no moment
-                // without a route.
-                match self.routes.iter_mut().find(|x| x.dst == r.dst) {
+                // In place: the kernel swaps the entry with the same
+                // destination and metric, there is no moment without a route.
+                match self
+                    .routes
+                    .iter_mut()
+                    .find(|x| x.dst == r.dst && metric(x) == metric(r))
+                {
                     Some(x) => *x = r.clone(),
                     None => self.routes.push(r.clone()),
                 }
             }
-            Op::DelRoute(r) => self.routes.retain(|x| x.dst != r.dst),
+            Op::DelRoute(r) => self.del_route(r)?,
         }
         Ok(())
+    }
+
+    /// The entry for `mac` gets `dst` as its first destination and becomes
+    /// permanent (the state belongs to the entry, not to a destination).
+    fn replace_fdb(&mut self, index: u32, mac: Mac, dst: Ipv4Addr) {
+        let mut rows = self.fdb.iter_mut().filter(|f| f.mac == mac).peekable();
+        if rows.peek().is_none() {
+            self.fdb.push(FdbEntry {
+                index,
+                mac,
+                dst: Some(dst.into()),
+                master: None,
+                permanent: true,
+            });
+            return;
+        }
+        for (i, f) in rows.enumerate() {
+            if i == 0 {
+                f.dst = Some(dst.into());
+            }
+            f.permanent = true;
+        }
+    }
+
+    /// Like the kernel: the route of lowest metric to `r.dst` that matches
+    /// every attribute the request gives. A request naming a gateway or a
+    /// device never matches a route through a nexthop object.
+    fn del_route(&mut self, r: &Route) -> Result<()> {
+        let matches = |x: &Route| {
+            let target = match r.nhid {
+                Some(id) => x.nhid == Some(id),
+                None if r.gateway.is_some() || r.oif.is_some() => {
+                    x.nhid.is_none()
+                        && r.gateway.is_none_or(|g| x.gateway == Some(g))
+                        && r.oif.is_none_or(|o| x.oif == Some(o))
+                }
+                None => true,
+            };
+            x.dst == r.dst
+                && target
+                && r.metric.is_none_or(|m| m == 0 || metric(x) == m)
+                && r.src.is_none_or(|s| x.src == Some(s))
+                && (r.protocol == 0 || x.protocol == r.protocol)
+        };
+        let found = (self.routes.iter().enumerate())
+            .filter(|(_, x)| matches(x))
+            .min_by_key(|(_, x)| metric(x))
+            .map(|(i, _)| i);
+        match found {
+            Some(i) => {
+                self.routes.remove(i);
+                Ok(())
+            }
+            None => Err(kernel_error("delete route", libc::ESRCH)),
+        }
     }
 
     fn replace_nexthop(&mut self, nh: &Nexthop) -> Result<()> {

@@ -37,8 +37,12 @@ pub mod reconciler;
 pub use datapath::{Datapath, KernelDatapath, Op};
 pub use device::DeviceSpec;
 pub use nexthop::RouteMode;
-pub use plan::{plan, Actual, Desired};
-pub use reconciler::{Reconciler, Shared, Update};
+pub use plan::{affected, pending, plan, Actual, Desired, Entry};
+pub use reconciler::{read_actual, reconcile, Reconciler, Shared, Update};
 
-#[cfg(test)]
+/// An in-memory kernel and the datapath scenarios run against it and the
+/// real kernel: for tests, never part of the daemon.
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod scenarios;

@@ -75,6 +75,46 @@ fn want<'p>(d: &Desired, p: &'p Peer, foreign: &HashSet<u32>) -> Want<'p> {
     }
 }
 
+/// One of the three things a peer needs on the device (its nexthop counts
+/// as part of its route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entry {
+    Neigh,
+    Fdb,
+    Route,
+}
+
+/// The peers (by subnet) whose entry `op` writes: several when they share
+/// a VTEP MAC or a gateway, none for the removal of something no peer
+/// wants. A peer's entry is in place exactly when a plan has no operation
+/// for it; `flanneld status` and the `peers_programmed` metric both count
+/// through this.
+pub fn affected(op: &Op, peers: &[Peer]) -> Vec<(Ipv4Net, Entry)> {
+    let hit = |p: &Peer| match op {
+        Op::ReplaceNeigh { ip, .. } => (*ip == gateway(p)).then_some(Entry::Neigh),
+        Op::DelNeigh { ip } => (*ip == IpAddr::V4(gateway(p))).then_some(Entry::Neigh),
+        Op::ReplaceFdb { mac, .. } | Op::DelFdb { mac, .. } => {
+            (*mac == p.vtep_mac).then_some(Entry::Fdb)
+        }
+        Op::ReplaceNexthop(n) => {
+            (n.gateway == Some(IpAddr::V4(gateway(p)))).then_some(Entry::Route)
+        }
+        Op::DelNexthop { .. } => None,
+        Op::ReplaceRoute(r) | Op::DelRoute(r) => {
+            (r.dst == IpNet::V4(p.subnet)).then_some(Entry::Route)
+        }
+    };
+    peers
+        .iter()
+        .filter_map(|p| hit(p).map(|e| (p.subnet, e)))
+        .collect()
+}
+
+/// Every (peer, entry) that some operation of `ops` writes.
+pub fn pending(ops: &[Op], peers: &[Peer]) -> HashSet<(Ipv4Net, Entry)> {
+    ops.iter().flat_map(|op| affected(op, peers)).collect()
+}
+
 /// Removals first (route, nexthop, FDB, neighbour: the reverse of setup),
 /// then for each peer neighbour → FDB → nexthop → route, so a route never
 /// points at a gateway that cannot be resolved yet. A route that exists in

@@ -8,19 +8,18 @@
 //! asked once, before the first pass.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use subnet_env::SubnetEnv;
 
 use super::nexthop::{self, RouteMode};
-use super::plan::{gateway, plan, Actual, Desired};
-use super::{device, Datapath, DeviceSpec, Op};
+use super::plan::{affected, plan, Actual, Desired};
+use super::{device, Datapath, DeviceSpec};
 use crate::lease::Peer;
 use crate::metrics::Metrics;
 
@@ -197,15 +196,7 @@ pub fn reconcile<D: Datapath>(
     mode: RouteMode,
 ) -> flannel_netlink::Result<Pass> {
     let index = device::ensure(dp, &target.device)?;
-    let actual = Actual {
-        neighs: dp.neighs(index)?,
-        fdb: dp.fdb(index)?,
-        routes: dp.routes()?,
-        nexthops: match mode {
-            RouteMode::Nexthop => dp.nexthops()?,
-            RouteMode::Plain => Vec::new(),
-        },
-    };
+    let actual = read_actual(dp, index, mode)?;
     let desired = Desired {
         index,
         cluster: target.cluster,
@@ -224,7 +215,7 @@ pub fn reconcile<D: Datapath>(
         if let Err(e) = r {
             failed += 1;
             crate::warn!("{e}");
-            broken.extend(peer_of(op, &target.peers));
+            broken.extend(affected(op, &target.peers).into_iter().map(|(p, _)| p));
         }
     }
     Ok(Pass {
@@ -235,21 +226,23 @@ pub fn reconcile<D: Datapath>(
     })
 }
 
-/// The peer an operation was for, if any.
-fn peer_of(op: &Op, peers: &[Peer]) -> Option<Ipv4Net> {
-    peers
-        .iter()
-        .find(|p| match op {
-            Op::ReplaceNeigh { ip, .. } => *ip == gateway(p),
-            Op::ReplaceFdb { mac, .. } => *mac == p.vtep_mac,
-            Op::ReplaceNexthop(n) => n.gateway == Some(IpAddr::V4(gateway(p))),
-            Op::ReplaceRoute(r) => r.dst == IpNet::V4(p.subnet),
-            Op::DelNeigh { ip } => *ip == IpAddr::V4(gateway(p)),
-            Op::DelFdb { mac, .. } => *mac == p.vtep_mac,
-            Op::DelNexthop { .. } => false,
-            Op::DelRoute(r) => r.dst == IpNet::V4(p.subnet),
-        })
-        .map(|p| p.subnet)
+/// What the kernel has for the device `index`, as [`plan`] compares it:
+/// its neighbours and FDB entries, the main table's IPv4 routes and, when
+/// routes go through nexthop objects, every nexthop.
+pub fn read_actual<D: Datapath>(
+    dp: &mut D,
+    index: u32,
+    mode: RouteMode,
+) -> flannel_netlink::Result<Actual> {
+    Ok(Actual {
+        neighs: dp.neighs(index)?,
+        fdb: dp.fdb(index)?,
+        routes: dp.routes()?,
+        nexthops: match mode {
+            RouteMode::Nexthop => dp.nexthops()?,
+            RouteMode::Plain => Vec::new(),
+        },
+    })
 }
 
 #[cfg(test)]

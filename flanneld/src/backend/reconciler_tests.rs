@@ -4,6 +4,7 @@ use flannel_netlink::{Addr, Link, VxlanInfo};
 
 use super::*;
 use crate::backend::fake::FakeKernel;
+use crate::backend::Op;
 
 fn peers(n: u8) -> Vec<Peer> {
     (1..=n)

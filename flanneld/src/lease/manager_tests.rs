@@ -10,6 +10,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap()
         .block_on(f)

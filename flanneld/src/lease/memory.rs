@@ -1,12 +1,16 @@
 //! An in-memory lease store with a movable clock, for unit tests of the
-//! lease logic. It keeps etcd's semantics where they matter: revisions,
-//! leases that expire (deleting their keys), compare-and-create, and a
-//! watch history that can be compacted.
+//! lease logic and of the daemon's loop. It keeps etcd's semantics where
+//! they matter: revisions, leases that expire (deleting their keys, also
+//! under an open watch), compare-and-create, a watch that waits for the
+//! next change and breaks when the store goes down, and a history that can
+//! be compacted.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
 
 use super::{
     Clock, Event, EventKind, LeaseStore, Listing, Record, StoreError, WatchItem, WatchStream,
@@ -28,9 +32,34 @@ impl FakeClock {
     }
 }
 
-impl Clock for Rc<FakeClock> {
+impl Clock for FakeClock {
     fn now(&self) -> SystemTime {
         self.0.get()
+    }
+}
+
+/// Wall-clock time that moves with tokio's clock: paused in a test, it
+/// advances with `tokio::time::advance` and auto-advance. One such clock
+/// read by both the store (lease expiry) and the daemon (renewals) keeps
+/// the two consistent with the daemon's timers.
+#[derive(Debug)]
+pub struct TokioClock {
+    base: SystemTime,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Rc<Self> {
+        Rc::new(TokioClock {
+            base: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> SystemTime {
+        self.base + self.start.elapsed()
     }
 }
 
@@ -46,12 +75,20 @@ struct Inner {
     /// Number of upcoming creates that lose a race to another node.
     races: usize,
     down: bool,
+    /// Revisions watches were opened from, in order.
+    watches: Vec<i64>,
+    /// Every call (failed or not), with the clock's time.
+    calls: Vec<(&'static str, SystemTime)>,
+    /// Calls that will fail next, as if the store timed out.
+    failures: HashMap<&'static str, usize>,
 }
 
 #[derive(Clone)]
 pub struct MemStore {
     inner: Rc<RefCell<Inner>>,
-    clock: Rc<FakeClock>,
+    clock: Rc<dyn Clock>,
+    /// Wakes the watches on every change.
+    changed: Rc<Notify>,
 }
 
 pub struct MemWatch {
@@ -61,11 +98,41 @@ pub struct MemWatch {
 }
 
 impl MemStore {
-    pub fn new(clock: Rc<FakeClock>) -> Self {
+    pub fn new(clock: Rc<dyn Clock>) -> Self {
         MemStore {
             inner: Rc::new(RefCell::new(Inner::default())),
             clock,
+            changed: Rc::new(Notify::new()),
         }
+    }
+
+    /// Revisions the watches were opened from, in order.
+    pub fn watches(&self) -> Vec<i64> {
+        self.inner.borrow().watches.clone()
+    }
+
+    /// When `call` (`"list"`, `"keep_alive"`, …) was made, failed or not.
+    pub fn calls(&self, call: &str) -> Vec<SystemTime> {
+        let i = self.inner.borrow();
+        i.calls
+            .iter()
+            .filter(|(c, _)| *c == call)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// The next `n` calls of `call` fail as if the store timed out.
+    pub fn fail_next(&self, call: &'static str, n: usize) {
+        self.inner.borrow_mut().failures.insert(call, n);
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.inner.borrow().revision
+    }
+
+    fn notify(&self) {
+        self.changed.notify_waiters();
     }
 
     /// The next `n` creates find their key just taken by another node.
@@ -73,9 +140,11 @@ impl MemStore {
         self.inner.borrow_mut().races = n;
     }
 
-    /// Makes every call fail as if etcd were unreachable.
+    /// Makes every call fail as if etcd were unreachable, and breaks the
+    /// open watches.
     pub fn set_down(&self, down: bool) {
         self.inner.borrow_mut().down = down;
+        self.notify();
     }
 
     /// Forgets history up to the current revision.
@@ -94,15 +163,45 @@ impl MemStore {
             .collect()
     }
 
-    /// Writes a key directly (another node's lease), without a lease.
+    /// Writes a key directly (another node's lease), without a lease,
+    /// even while the store is down for its clients.
     pub fn insert(&self, key: &str, value: &str) {
         self.inner
             .borrow_mut()
             .write(key, value.as_bytes().to_vec(), 0);
+        self.notify();
+    }
+
+    /// Writes several keys in one revision, as a transaction does.
+    pub fn insert_all(&self, kvs: &[(String, String)]) {
+        let mut i = self.inner.borrow_mut();
+        i.revision += 1;
+        let rev = i.revision;
+        for (k, v) in kvs {
+            i.write_at(rev, k, v.as_bytes().to_vec(), 0);
+        }
+        drop(i);
+        self.notify();
     }
 
     pub fn remove(&self, key: &str) {
         self.inner.borrow_mut().remove(key);
+        self.notify();
+    }
+
+    /// Records a call and says whether it fails.
+    fn call(&self, call: &'static str) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        self.inner.borrow_mut().calls.push((call, now));
+        self.check()?;
+        let mut i = self.inner.borrow_mut();
+        match i.failures.get_mut(call) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err(StoreError::Unavailable(format!("{call} timed out")))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -123,9 +222,22 @@ impl MemStore {
             .filter(|(_, (exp, _))| *exp <= now)
             .map(|(id, _)| *id)
             .collect();
+        let expired = !dead.is_empty();
         for id in dead {
             i.revoke(id);
         }
+        drop(i);
+        if expired {
+            self.notify();
+        }
+    }
+
+    /// How long until the next lease expires.
+    fn next_expiry(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        let i = self.inner.borrow();
+        let first = i.leases.values().map(|(exp, _)| *exp).min()?;
+        Some(first.duration_since(now).unwrap_or_default())
     }
 
     fn grant(&self, ttl: Option<Duration>) -> i64 {
@@ -141,6 +253,10 @@ impl MemStore {
 impl Inner {
     fn write(&mut self, key: &str, value: Vec<u8>, lease: i64) {
         self.revision += 1;
+        self.write_at(self.revision, key, value, lease);
+    }
+
+    fn write_at(&mut self, revision: i64, key: &str, value: Vec<u8>, lease: i64) {
         let prev = self
             .kv
             .insert(key.to_owned(), (value.clone(), lease))
@@ -151,7 +267,7 @@ impl Inner {
             value,
             prev_value: prev,
         };
-        self.history.push((self.revision, ev));
+        self.history.push((revision, ev));
     }
 
     fn remove(&mut self, key: &str) {
@@ -185,7 +301,7 @@ impl LeaseStore for MemStore {
     type Watch = MemWatch;
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        self.check()?;
+        self.call("get")?;
         let i = self.inner.borrow();
         Ok(i.kv.get(key).map(|(v, l)| Record {
             key: key.to_owned(),
@@ -195,7 +311,7 @@ impl LeaseStore for MemStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        self.check()?;
+        self.call("list")?;
         let i = self.inner.borrow();
         let records =
             i.kv.range(prefix.to_owned()..)
@@ -218,7 +334,7 @@ impl LeaseStore for MemStore {
         value: &str,
         ttl: Option<Duration>,
     ) -> Result<i64, StoreError> {
-        self.check()?;
+        self.call("create")?;
         {
             let mut i = self.inner.borrow_mut();
             if i.races > 0 {
@@ -234,20 +350,22 @@ impl LeaseStore for MemStore {
         self.inner
             .borrow_mut()
             .write(key, value.as_bytes().to_vec(), id);
+        self.notify();
         Ok(id)
     }
 
     async fn put(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
-        self.check()?;
+        self.call("put")?;
         let id = self.grant(ttl);
         self.inner
             .borrow_mut()
             .write(key, value.as_bytes().to_vec(), id);
+        self.notify();
         Ok(id)
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<Option<Duration>, StoreError> {
-        self.check()?;
+        self.call("keep_alive")?;
         let now = self.clock.now();
         let mut i = self.inner.borrow_mut();
         Ok(i.leases.get_mut(&lease).map(|(exp, ttl)| {
@@ -257,7 +375,7 @@ impl LeaseStore for MemStore {
     }
 
     async fn time_to_live(&self, lease: i64) -> Result<Option<Duration>, StoreError> {
-        self.check()?;
+        self.call("time_to_live")?;
         let now = self.clock.now();
         let i = self.inner.borrow();
         Ok(i.leases
@@ -266,19 +384,22 @@ impl LeaseStore for MemStore {
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        self.check()?;
+        self.call("revoke")?;
         self.inner.borrow_mut().revoke(lease);
+        self.notify();
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.check()?;
+        self.call("delete")?;
         self.inner.borrow_mut().remove(key);
+        self.notify();
         Ok(())
     }
 
     async fn watch(&self, prefix: &str, revision: i64) -> Result<MemWatch, StoreError> {
-        self.check()?;
+        self.call("watch")?;
+        self.inner.borrow_mut().watches.push(revision);
         Ok(MemWatch {
             store: self.clone(),
             next: revision,
@@ -287,26 +408,48 @@ impl LeaseStore for MemStore {
     }
 }
 
-impl WatchStream for MemWatch {
-    /// Everything that happened since the last call (possibly nothing).
-    async fn next(&mut self) -> Result<WatchItem, StoreError> {
+impl MemWatch {
+    /// What happened from the watch's revision on, if anything did.
+    fn poll(&mut self) -> Result<Option<WatchItem>, StoreError> {
         self.store.check()?;
         let i = self.store.inner.borrow();
         if self.next <= i.compacted {
-            return Ok(WatchItem::Compacted {
+            return Ok(Some(WatchItem::Compacted {
                 revision: i.compacted,
-            });
+            }));
         }
-        let events = i
+        let events: Vec<Event> = i
             .history
             .iter()
             .filter(|(rev, ev)| *rev >= self.next && ev.key.starts_with(&self.prefix))
             .map(|(_, ev)| ev.clone())
             .collect();
         self.next = i.revision + 1;
-        Ok(WatchItem::Events {
+        Ok((!events.is_empty()).then_some(WatchItem::Events {
             revision: i.revision,
             events,
-        })
+        }))
+    }
+}
+
+impl WatchStream for MemWatch {
+    /// Waits for the next change under the prefix (a lease expiring is
+    /// one), as etcd's watch does; fails once the store is down.
+    async fn next(&mut self) -> Result<WatchItem, StoreError> {
+        loop {
+            let changed = self.store.changed.clone();
+            // Registered before looking, so no change is missed.
+            let notified = changed.notified();
+            if let Some(item) = self.poll()? {
+                return Ok(item);
+            }
+            match self.store.next_expiry() {
+                Some(wait) => tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(wait) => {}
+                },
+                None => notified.await,
+            }
+        }
     }
 }

@@ -65,6 +65,12 @@ pub trait Clock {
     fn now(&self) -> SystemTime;
 }
 
+impl<C: Clock + ?Sized> Clock for std::rc::Rc<C> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 

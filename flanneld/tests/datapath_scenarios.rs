@@ -112,10 +112,12 @@ fn assert_kernels_agree(mode: RouteMode) {
 
 #[test]
 fn kernel_and_fake_agree_with_nexthop_routes() {
+    harness::require_root!();
     assert_kernels_agree(RouteMode::Nexthop);
 }
 
 #[test]
 fn kernel_and_fake_agree_with_plain_routes() {
+    harness::require_root!();
     assert_kernels_agree(RouteMode::Plain);
 }

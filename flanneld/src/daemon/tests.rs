@@ -3,9 +3,9 @@
 //! store, and its metrics, while the store breaks, compacts, loses our
 //! lease or lets it expire.
 
+use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -178,8 +178,8 @@ impl Rig {
         self.rules();
     }
 
-    fn metric(&self, f: impl Fn(&Metrics) -> &AtomicU64) -> u64 {
-        f(&self.shared.metrics).load(Relaxed)
+    fn metric(&self, f: impl Fn(&Metrics) -> &Counter) -> u64 {
+        f(&self.shared.metrics).get()
     }
 
     /// Our key's value and lease id in the store.
@@ -236,7 +236,7 @@ async fn start_lists_peers_then_sends_rules_and_target() {
     );
     assert_eq!(rig.metric(|m| &m.leases_skipped), 1);
     assert_eq!(rig.metric(|m| &m.lease_acquisitions), 1);
-    let expiry = rig.shared.metrics.lease_expiry_unix.load(Relaxed);
+    let expiry = rig.shared.metrics.lease_expiry_unix.get();
     let want = rig.t0 + LEASE_TTL;
     assert_eq!(
         expiry as u64,
@@ -451,10 +451,7 @@ async fn lease_is_renewed_by_the_margin_before_it_expires() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert_eq!(
-        rig.shared.metrics.lease_expiry_unix.load(Relaxed) as u64,
-        secs
-    );
+    assert_eq!(rig.shared.metrics.lease_expiry_unix.get() as u64, secs);
     let ttl = rig.store.time_to_live(d.own().lease_id).await.unwrap();
     assert_eq!(ttl, Some(LEASE_TTL - HOUR));
 }

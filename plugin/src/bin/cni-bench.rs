@@ -2,7 +2,7 @@
 //! reference bridge + host-local, side by side, interleaved, in one run.
 //!
 //! ```text
-//! cargo run --release -p flannel --bin cni-bench -- [--iterations N]
+//! cargo run --release -p flannel-cni --bin cni-bench -- [--iterations N]
 //! ```
 //!
 //! Run as root. It creates two identical node namespaces (one per plugin)

@@ -19,10 +19,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-// The plugin crate's iptables runner: both binaries drive the firewall
-// the same way.
-use flannel::iptables::{restore, save, IptablesError};
 use ipnet::Ipv4Net;
+// Both binaries drive the firewall the same way.
+use node_state::iptables::{restore, save, IptablesError};
+use node_state::SavedRules;
 
 use crate::backend::Shared;
 use crate::metrics::Metrics;
@@ -85,24 +85,19 @@ pub struct ChainState {
     pub jumps: usize,
 }
 
-/// Reads our chain `chain` (jumped to by `jump`) from `iptables-save` output.
-pub fn read_chain(save: &str, table: &str, chain: &str, jump: &str) -> ChainState {
-    let mut state = ChainState::default();
-    let mut in_table = false;
-    let decl = format!(":{chain} ");
-    let prefix = format!("-A {chain} ");
-    for line in save.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            in_table = t == table;
-        } else if in_table && line.starts_with(&decl) {
-            state.exists = true;
-        } else if in_table && line.starts_with(&prefix) {
-            state.rules.push(line.to_owned());
-        } else if in_table && line == jump {
-            state.jumps += 1;
-        }
+/// Reads our chain `chain` (jumped to by `jump`) from the saved rules.
+pub fn read_chain(saved: &SavedRules, table: &str, chain: &str, jump: &str) -> ChainState {
+    ChainState {
+        exists: saved.chain_exists(table, chain),
+        rules: saved
+            .rules(table, chain)
+            .map(|r| r.line().to_owned())
+            .collect(),
+        jumps: saved
+            .jumps_to(table, chain)
+            .filter(|r| r.line() == jump)
+            .count(),
     }
-    state
 }
 
 /// The `iptables-restore --noflush` text that turns `have` into `want`
@@ -219,8 +214,9 @@ impl Firewall {
     }
 
     fn text(&self, save: &str, r: &Rules) -> String {
-        let masq = read_chain(save, "nat", POSTRTG, &masq_jump());
-        let fwd = read_chain(save, "filter", FWD, &forward_jump());
+        let saved = SavedRules::parse(save);
+        let masq = read_chain(&saved, "nat", POSTRTG, &masq_jump());
+        let fwd = read_chain(&saved, "filter", FWD, &forward_jump());
         let want_masq = r
             .masq
             .then(|| masq_rules(r.cluster, r.subnet, self.random_fully));

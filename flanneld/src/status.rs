@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use flannel_netlink::Handle;
 use ipnet::Ipv4Net;
+use node_state::host_veth_name;
+use node_state::ipam::Store;
 use subnet_env::SubnetEnv;
 
 use crate::backend::device::device_name;
@@ -191,11 +193,11 @@ fn pods(h: &mut Handle, dir: &Path) -> anyhow::Result<Vec<PodRow>> {
     };
     for entry in entries.flatten().filter(|e| e.path().is_dir()) {
         let network = entry.file_name().to_string_lossy().into_owned();
-        let Ok(store) = flannel::ipam::Store::open(entry.path()) else {
+        let Ok(store) = Store::open(entry.path()) else {
             continue;
         };
         for a in store.allocations()? {
-            let host_veth = flannel::host_veth_name(&a.container_id, &a.ifname);
+            let host_veth = host_veth_name(&a.container_id, &a.ifname);
             rows.push(PodRow {
                 network: network.clone(),
                 ip: a.ip.to_string(),

@@ -3,24 +3,21 @@
 /// 64 random bits from the kernel (`getrandom(2)`); falls back to the clock
 /// and pid, which is still good enough to spread subnet picks.
 pub fn random_u64() -> u64 {
-    let mut buf = [0u8; 8];
-    // SAFETY: the buffer is valid for writes of its length.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n == buf.len() as isize {
-        return u64::from_ne_bytes(buf);
-    }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
+    getrandom::u64().unwrap_or_else(|_| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
+    })
 }
 
-/// A random locally administered unicast MAC address.
+/// A random locally administered unicast MAC address (the plugin's kind);
+/// with no kernel randomness, one from [`random_u64`]'s fallback.
 pub fn random_mac() -> [u8; 6] {
-    let r = random_u64().to_ne_bytes();
-    let mut mac = [r[0], r[1], r[2], r[3], r[4], r[5]];
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
+    node_state::random_mac().unwrap_or_else(|_| {
+        let r = random_u64().to_ne_bytes();
+        node_state::mac::local_unicast([r[0], r[1], r[2], r[3], r[4], r[5]])
+    })
 }
 
 /// Keeps the heap small: one malloc arena for all threads (they allocate

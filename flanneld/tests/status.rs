@@ -82,7 +82,7 @@ fn status_shows_lease_peers_programming_and_pods() {
         .sh(&["sysctl", "-qw", "net.ipv4.nexthop_compat_mode=1"]);
 
     let pod = node.pod("p1");
-    let veth = flannel::host_veth_name(pod.container_id(), pod.ifname());
+    let veth = node_state::host_veth_name(pod.container_id(), pod.ifname());
     let row = format!(
         "{:<16} {:<66} {:<10} {:<16} cbr0\n",
         pod.ip(),

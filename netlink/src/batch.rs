@@ -1,21 +1,23 @@
+//! Many change requests sent together. The kinds of request a batch can
+//! hold are added by the modules that know them (`neigh`, `route`,
+//! `nexthop`), each next to its single-request form on [`Handle`].
+
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::ops::ControlFlow;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 
 use crate::error::{Error, Result};
-use crate::neigh::{fdb_msg, neigh_msg, REPLACE};
-use crate::nexthop::{del_nexthop_msg, new_nexthop_msg, Nexthop};
-use crate::route::{describe, route_msg, Route};
-use crate::socket::{Handle, Message, Received};
-use crate::{format_mac, Mac};
+use crate::raw::Message;
+use crate::socket::{Handle, Received};
 
 /// Requests sent per `sendmsg`. The kernel runs them one after another in
 /// the sender's context; only errors and the last one's ack come back, so
 /// a chunk's replies fit in the socket's receive queue.
 const CHUNK: usize = 256;
+
+/// Request flags for "create or overwrite".
+pub(crate) const REPLACE: u16 = NLM_F_CREATE | NLM_F_REPLACE;
 
 /// Many change requests sent together, each with its own result.
 ///
@@ -39,68 +41,9 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    fn push(&mut self, msg: impl Into<Message>, flags: u16, what: String) {
+    /// Queues one request; `what` names it in its error.
+    pub(crate) fn push(&mut self, msg: impl Into<Message>, flags: u16, what: String) {
         self.ops.push((msg.into(), flags, what));
-    }
-
-    pub fn replace_neigh(&mut self, index: u32, ip: IpAddr, mac: Mac) {
-        let msg = RouteNetlinkMessage::NewNeighbour(neigh_msg(index, ip, Some(mac)));
-        self.push(
-            msg,
-            REPLACE,
-            format!("replace neighbour {ip} on link {index}"),
-        );
-    }
-
-    pub fn del_neigh(&mut self, index: u32, ip: IpAddr) {
-        let msg = RouteNetlinkMessage::DelNeighbour(neigh_msg(index, ip, None));
-        self.push(msg, 0, format!("delete neighbour {ip} on link {index}"));
-    }
-
-    pub fn replace_fdb(&mut self, index: u32, mac: Mac, dst: IpAddr) {
-        let msg = RouteNetlinkMessage::NewNeighbour(fdb_msg(index, mac, Some(dst)));
-        let what = format!("replace fdb {} dst {dst} on link {index}", format_mac(&mac));
-        self.push(msg, REPLACE, what);
-    }
-
-    pub fn del_fdb(&mut self, index: u32, mac: Mac, dst: Option<IpAddr>) {
-        let msg = RouteNetlinkMessage::DelNeighbour(fdb_msg(index, mac, dst));
-        self.push(
-            msg,
-            0,
-            format!("delete fdb {} on link {index}", format_mac(&mac)),
-        );
-    }
-
-    pub fn add_route(&mut self, route: &Route) {
-        let msg = RouteNetlinkMessage::NewRoute(route_msg(route));
-        let what = format!("add route {}", describe(route));
-        self.push(msg, NLM_F_CREATE | NLM_F_EXCL, what);
-    }
-
-    pub fn replace_route(&mut self, route: &Route) {
-        let msg = RouteNetlinkMessage::NewRoute(route_msg(route));
-        self.push(msg, REPLACE, format!("replace route {}", describe(route)));
-    }
-
-    pub fn del_route(&mut self, route: &Route) {
-        let msg = RouteNetlinkMessage::DelRoute(route_msg(route));
-        self.push(msg, 0, format!("delete route {}", describe(route)));
-    }
-
-    pub fn replace_nexthop(&mut self, nh: &Nexthop) {
-        let mut what = format!("replace nexthop {}", nh.id);
-        if let Some(gw) = nh.gateway {
-            what += &format!(" via {gw}");
-        }
-        if let Some(oif) = nh.oif {
-            what += &format!(" dev {oif}");
-        }
-        self.push(new_nexthop_msg(nh), REPLACE, what);
-    }
-
-    pub fn del_nexthop(&mut self, id: u32) {
-        self.push(del_nexthop_msg(id), 0, format!("delete nexthop {id}"));
     }
 }
 

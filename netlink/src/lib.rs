@@ -12,15 +12,23 @@
 //! and sent together, which is how the daemon programs thousands of peers
 //! in a handful of round trips. [`Monitor`] receives the kernel's change
 //! notifications.
+//!
+//! Modules depend one way only: `raw` (message framing and attributes),
+//! `mac`, `netns` and `error` at the bottom; `socket` (the [`Handle`]:
+//! send, receive, dump) on them; `batch` on `socket`; and one module per
+//! kind of object (`addr`, `link`, `neigh`, `route`, `nexthop`, `monitor`)
+//! on top, each adding its operations to [`Handle`] and [`Batch`].
 
 mod addr;
 mod batch;
 mod error;
 mod link;
+mod mac;
 mod monitor;
 mod neigh;
 mod netns;
 mod nexthop;
+mod raw;
 mod route;
 mod socket;
 
@@ -28,6 +36,7 @@ pub use addr::Addr;
 pub use batch::Batch;
 pub use error::{Error, Result};
 pub use link::{Link, LinkRef, VethSpec, VxlanInfo, VxlanSpec};
+pub use mac::{format_mac, parse_mac, Mac};
 pub use monitor::{Event, Monitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{Netns, NetnsGuard};
@@ -37,44 +46,3 @@ pub use socket::Handle;
 
 /// The underlying message crate, for callers that need a type it defines.
 pub use netlink_packet_route as packet;
-
-/// A MAC address.
-pub type Mac = [u8; 6];
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &Mac) -> String {
-    let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    hex.join(":")
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive).
-pub fn parse_mac(text: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in mac.iter_mut() {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-fn mac_from_bytes(bytes: &[u8]) -> Option<Mac> {
-    bytes.try_into().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_round_trip() {
-        let mac = parse_mac("C6:d2:32:6f:8f:44").unwrap();
-        assert_eq!(format_mac(&mac), "c6:d2:32:6f:8f:44");
-        assert!(parse_mac("c6:d2:32:6f:8f").is_none());
-        assert!(parse_mac("c6:d2:32:6f:8f:44:00").is_none());
-        assert!(parse_mac("c6:d2:32:6f:8f:4").is_none());
-    }
-}

@@ -9,9 +9,9 @@ use netlink_packet_route::link::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::Result;
+use crate::mac::{mac_from_bytes, Mac};
 use crate::netns::Netns;
 use crate::socket::Handle;
-use crate::{mac_from_bytes, Mac};
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Error, Result};
-use crate::nexthop::{RTM_DELNEXTHOP, RTM_NEWNEXTHOP};
-use crate::socket::{Handle, Message, Received};
+use crate::raw::{Message, RTM_DELNEXTHOP, RTM_NEWNEXTHOP};
+use crate::socket::{Handle, Received};
 
 // rtnetlink multicast groups (linux/rtnetlink.h, enum rtnetlink_groups).
 const RTNLGRP_LINK: u32 = 1;

@@ -1,15 +1,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::addr::family_of;
+use crate::batch::{Batch, REPLACE};
 use crate::error::Result;
+use crate::mac::{format_mac, mac_from_bytes, Mac};
 use crate::socket::Handle;
-use crate::{mac_from_bytes, Mac};
 
 /// An ARP/NDP entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +31,6 @@ pub struct FdbEntry {
     pub master: Option<u32>,
     pub permanent: bool,
 }
-
-/// Request flags for "create or overwrite".
-pub(crate) const REPLACE: u16 = NLM_F_CREATE | NLM_F_REPLACE;
 
 impl Handle {
     /// Sets a permanent `ip → mac` entry on link `index`.
@@ -74,7 +71,38 @@ impl Handle {
     }
 }
 
-pub(crate) fn neigh_msg(index: u32, ip: IpAddr, mac: Option<Mac>) -> NeighbourMessage {
+impl Batch {
+    pub fn replace_neigh(&mut self, index: u32, ip: IpAddr, mac: Mac) {
+        let msg = RouteNetlinkMessage::NewNeighbour(neigh_msg(index, ip, Some(mac)));
+        self.push(
+            msg,
+            REPLACE,
+            format!("replace neighbour {ip} on link {index}"),
+        );
+    }
+
+    pub fn del_neigh(&mut self, index: u32, ip: IpAddr) {
+        let msg = RouteNetlinkMessage::DelNeighbour(neigh_msg(index, ip, None));
+        self.push(msg, 0, format!("delete neighbour {ip} on link {index}"));
+    }
+
+    pub fn replace_fdb(&mut self, index: u32, mac: Mac, dst: IpAddr) {
+        let msg = RouteNetlinkMessage::NewNeighbour(fdb_msg(index, mac, Some(dst)));
+        let what = format!("replace fdb {} dst {dst} on link {index}", format_mac(&mac));
+        self.push(msg, REPLACE, what);
+    }
+
+    pub fn del_fdb(&mut self, index: u32, mac: Mac, dst: Option<IpAddr>) {
+        let msg = RouteNetlinkMessage::DelNeighbour(fdb_msg(index, mac, dst));
+        self.push(
+            msg,
+            0,
+            format!("delete fdb {} on link {index}", format_mac(&mac)),
+        );
+    }
+}
+
+fn neigh_msg(index: u32, ip: IpAddr, mac: Option<Mac>) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family_of(ip);
     msg.header.ifindex = index;
@@ -88,7 +116,7 @@ pub(crate) fn neigh_msg(index: u32, ip: IpAddr, mac: Option<Mac>) -> NeighbourMe
 
 /// An FDB message for the device itself (NTF_SELF), not for a bridge
 /// above it: that is where a VXLAN device keeps its remote VTEPs.
-pub(crate) fn fdb_msg(index: u32, mac: Mac, dst: Option<IpAddr>) -> NeighbourMessage {
+fn fdb_msg(index: u32, mac: Mac, dst: Option<IpAddr>) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = index;

@@ -10,12 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::route::RouteProtocol;
 
+use crate::batch::{Batch, REPLACE};
 use crate::error::{Error, Result};
-use crate::socket::{Handle, RawMessage};
-
-pub(crate) const RTM_NEWNEXTHOP: u16 = 104;
-pub(crate) const RTM_DELNEXTHOP: u16 = 105;
-pub(crate) const RTM_GETNEXTHOP: u16 = 106;
+use crate::raw::{attrs, push_attr, RawMessage, RTM_DELNEXTHOP, RTM_GETNEXTHOP, RTM_NEWNEXTHOP};
+use crate::socket::Handle;
 
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
@@ -102,7 +100,24 @@ impl Handle {
     }
 }
 
-pub(crate) fn new_nexthop_msg(nh: &Nexthop) -> RawMessage {
+impl Batch {
+    pub fn replace_nexthop(&mut self, nh: &Nexthop) {
+        let mut what = format!("replace nexthop {}", nh.id);
+        if let Some(gw) = nh.gateway {
+            what += &format!(" via {gw}");
+        }
+        if let Some(oif) = nh.oif {
+            what += &format!(" dev {oif}");
+        }
+        self.push(new_nexthop_msg(nh), REPLACE, what);
+    }
+
+    pub fn del_nexthop(&mut self, id: u32) {
+        self.push(del_nexthop_msg(id), 0, format!("delete nexthop {id}"));
+    }
+}
+
+fn new_nexthop_msg(nh: &Nexthop) -> RawMessage {
     let family = match nh.gateway {
         Some(IpAddr::V6(_)) => AF_INET6,
         _ => AF_INET,
@@ -125,7 +140,7 @@ pub(crate) fn new_nexthop_msg(nh: &Nexthop) -> RawMessage {
 }
 
 /// The kernel wants only the id (and a zero header) to delete.
-pub(crate) fn del_nexthop_msg(id: u32) -> RawMessage {
+fn del_nexthop_msg(id: u32) -> RawMessage {
     let mut payload = nhmsg(0, 0, 0);
     push_attr(&mut payload, NHA_ID, &id.to_ne_bytes());
     RawMessage {
@@ -142,15 +157,6 @@ fn nhmsg(family: u8, protocol: u8, flags: u32) -> Vec<u8> {
     msg
 }
 
-/// One attribute: length (header included), type, value, padding to 4.
-fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len() + (len.next_multiple_of(4) - len), 0);
-}
-
 fn parse_nexthop(payload: &[u8]) -> Result<Nexthop> {
     let bad = |msg: &str| Error::Decode {
         op: "dump nexthops",
@@ -160,20 +166,14 @@ fn parse_nexthop(payload: &[u8]) -> Result<Nexthop> {
     let flags = u32::from_ne_bytes(header[4..8].try_into().expect("4 bytes"));
     let mut nh = Nexthop::new(0).protocol(header[2]);
     nh.onlink = flags & RTNH_F_ONLINK != 0;
-    let mut attrs = &payload[NHMSG_LEN..];
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        let value = attrs
-            .get(4..len)
-            .ok_or_else(|| bad("truncated attribute"))?;
+    for attr in attrs(&payload[NHMSG_LEN..]) {
+        let (kind, value) = attr.map_err(|_| bad("truncated attribute"))?;
         match kind {
             NHA_ID => nh.id = u32_of(value).ok_or_else(|| bad("bad NHA_ID"))?,
             NHA_OIF => nh.oif = Some(u32_of(value).ok_or_else(|| bad("bad NHA_OIF"))?),
             NHA_GATEWAY => nh.gateway = Some(ip_of(value).ok_or_else(|| bad("bad NHA_GATEWAY"))?),
             _ => {}
         }
-        attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     Ok(nh)
 }

@@ -1,6 +1,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
@@ -8,6 +9,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::addr::family_of;
+use crate::batch::{Batch, REPLACE};
 use crate::error::Result;
 use crate::socket::Handle;
 
@@ -107,7 +109,25 @@ impl Handle {
     }
 }
 
-pub(crate) fn describe(route: &Route) -> String {
+impl Batch {
+    pub fn add_route(&mut self, route: &Route) {
+        let msg = RouteNetlinkMessage::NewRoute(route_msg(route));
+        let what = format!("add route {}", describe(route));
+        self.push(msg, NLM_F_CREATE | NLM_F_EXCL, what);
+    }
+
+    pub fn replace_route(&mut self, route: &Route) {
+        let msg = RouteNetlinkMessage::NewRoute(route_msg(route));
+        self.push(msg, REPLACE, format!("replace route {}", describe(route)));
+    }
+
+    pub fn del_route(&mut self, route: &Route) {
+        let msg = RouteNetlinkMessage::DelRoute(route_msg(route));
+        self.push(msg, 0, format!("delete route {}", describe(route)));
+    }
+}
+
+fn describe(route: &Route) -> String {
     let mut text = route.dst.to_string();
     if let Some(id) = route.nhid {
         return text + &format!(" nhid {id}");
@@ -121,7 +141,7 @@ pub(crate) fn describe(route: &Route) -> String {
     text
 }
 
-pub(crate) fn route_msg(route: &Route) -> RouteMessage {
+fn route_msg(route: &Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
     let h = &mut msg.header;
     h.address_family = family_of(route.dst.addr());

@@ -10,7 +10,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::netns::{Netns, NetnsGuard};
-use crate::nexthop::{RTM_DELNEXTHOP, RTM_GETNEXTHOP, RTM_NEWNEXTHOP};
+use crate::raw::{attrs, encode_raw, parse_raw, Message, RawMessage, RAW_KINDS};
 
 /// Receive buffer for one `recv`: the kernel sends dump parts of up to
 /// 32 KiB, so 64 KiB never truncates.
@@ -22,43 +22,12 @@ const RCVBUF_BYTES: libc::c_int = 4 * 1024 * 1024;
 const DUMP_ATTEMPTS: usize = 5;
 /// NLMSGERR_ATTR_MSG: the extended-ack text attribute.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-/// struct nlmsghdr.
-const NETLINK_HEADER_LEN: usize = 16;
-/// Message types the message crate cannot parse, handed over as raw bytes.
-const RAW_KINDS: [u16; 3] = [RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP];
 
 /// One `NETLINK_ROUTE` socket, bound to the netns it was created in.
 pub struct Handle {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
-}
-
-/// One netlink message: one the message crate knows, or one this crate
-/// encodes itself (the crate has no type for it, e.g. nexthop objects).
-#[derive(Debug, Clone)]
-pub(crate) enum Message {
-    Route(RouteNetlinkMessage),
-    Raw(RawMessage),
-}
-
-/// A message as its netlink type and the bytes after the netlink header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RawMessage {
-    pub kind: u16,
-    pub payload: Vec<u8>,
-}
-
-impl From<RouteNetlinkMessage> for Message {
-    fn from(msg: RouteNetlinkMessage) -> Message {
-        Message::Route(msg)
-    }
-}
-
-impl From<RawMessage> for Message {
-    fn from(msg: RawMessage) -> Message {
-        Message::Raw(msg)
-    }
 }
 
 /// Outcome of a request that was sent, keyed by its sequence number.
@@ -305,50 +274,14 @@ fn parse_one(bytes: &[u8]) -> Result<(NetlinkHeader, Received, usize)> {
     Ok((header, received, aligned.max(1)))
 }
 
-/// The header and payload of a message of one of [`RAW_KINDS`].
-fn parse_raw(buffer: &NetlinkBuffer<&[u8]>) -> (NetlinkHeader, Message) {
-    let mut header = NetlinkHeader::default();
-    header.length = buffer.length();
-    header.message_type = buffer.message_type();
-    header.flags = buffer.flags();
-    header.sequence_number = buffer.sequence_number();
-    header.port_number = buffer.port_number();
-    let raw = RawMessage {
-        kind: header.message_type,
-        payload: buffer.payload().to_vec(),
-    };
-    (header, Message::Raw(raw))
-}
-
-/// A netlink header (16 bytes) and `raw`'s payload, padded to 4 bytes.
-fn encode_raw(mut header: NetlinkHeader, raw: &RawMessage, out: &mut Vec<u8>) {
-    let len = NETLINK_HEADER_LEN + raw.payload.len();
-    header.length = len as u32;
-    header.message_type = raw.kind;
-    out.extend_from_slice(&header.length.to_ne_bytes());
-    out.extend_from_slice(&header.message_type.to_ne_bytes());
-    out.extend_from_slice(&header.flags.to_ne_bytes());
-    out.extend_from_slice(&header.sequence_number.to_ne_bytes());
-    out.extend_from_slice(&header.port_number.to_ne_bytes());
-    out.extend_from_slice(&raw.payload);
-    out.resize(out.len() + (len.next_multiple_of(4) - len), 0);
-}
-
 /// The kernel's extended-ack message: TLVs after the echoed 16-byte header.
 fn ext_ack_text(after_code: &[u8]) -> Option<String> {
-    let mut tlvs = after_code.get(16..)?;
-    while tlvs.len() >= 4 {
-        let len = u16::from_ne_bytes([tlvs[0], tlvs[1]]) as usize;
-        let kind = u16::from_ne_bytes([tlvs[2], tlvs[3]]);
-        if len < 4 || len > tlvs.len() {
-            return None;
-        }
+    for attr in attrs(after_code.get(16..)?) {
+        let (kind, text) = attr.ok()?;
         if kind == NLMSGERR_ATTR_MSG {
-            let text = &tlvs[4..len];
             let text = text.split(|b| *b == 0).next().unwrap_or(text);
             return Some(String::from_utf8_lossy(text).into_owned());
         }
-        tlvs = &tlvs[((len + 3) & !3).min(tlvs.len())..];
     }
     None
 }

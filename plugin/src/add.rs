@@ -9,15 +9,17 @@ use std::path::Path;
 
 use flannel_netlink::{format_mac, Handle, Netns};
 use ipnet::Ipv4Net;
+use node_state::host_veth_name;
+use node_state::ipam::{Range, Store};
+use node_state::scratch;
 use subnet_env::SubnetEnv;
 
 use crate::config::{BridgeConf, NetConf};
 use crate::env::CniEnv;
 use crate::error::{Error, Result};
-use crate::ipam::{Range, Store};
+use crate::masq;
 use crate::spec::{CniResult, Interface, IpConfig};
-use crate::wiring::{self, host_veth_name, Veth};
-use crate::{masq, scratch};
+use crate::wiring::{self, Veth};
 
 /// The pod-specific changes made so far, undone if a later step fails.
 #[derive(Default)]

@@ -4,15 +4,16 @@ use std::net::IpAddr;
 
 use flannel_netlink::{format_mac, Handle, Link, Netns};
 use ipnet::IpNet;
+use node_state::host_veth_name;
+use node_state::ipam::Store;
 use subnet_env::SubnetEnv;
 
 use crate::config::{BridgeConf, NetConf};
 use crate::env::CniEnv;
 use crate::error::{Error, Result};
-use crate::ipam::Store;
 use crate::masq;
 use crate::spec::{CniResult, Interface};
-use crate::wiring::{gateway_net, host_veth_name};
+use crate::wiring::gateway_net;
 
 pub fn check(env: &CniEnv, conf: &NetConf) -> Result<()> {
     if !conf.version.allows_check() {

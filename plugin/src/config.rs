@@ -4,18 +4,18 @@
 //! flannel's own plugin turns its config into a "delegate" config for the
 //! reference bridge plugin and saves it per container, so that DEL works
 //! after subnet.env is gone. This plugin renders the same delegate document
-//! (same keys, same defaults), saves it the same way (see [`crate::scratch`])
+//! (same keys, same defaults), saves it the same way (see [`node_state::scratch`])
 //! and reads its bridge settings from it, for ADD and DEL alike.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
+use node_state::ipam::DEFAULT_DATA_DIR as DEFAULT_IPAM_DIR;
 use serde_json::{Map, Value};
 use subnet_env::SubnetEnv;
 
 use crate::env::validate_ifname;
-use crate::ipam::DEFAULT_DATA_DIR as DEFAULT_IPAM_DIR;
 use crate::spec::{Route, Version};
 
 pub const DEFAULT_SUBNET_FILE: &str = subnet_env::DEFAULT_PATH;

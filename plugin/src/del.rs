@@ -6,14 +6,15 @@
 use std::path::PathBuf;
 
 use flannel_netlink::{Handle, Netns};
+use node_state::host_veth_name;
+use node_state::ipam::Store;
+use node_state::scratch;
 use subnet_env::SubnetEnv;
 
 use crate::config::{BridgeConf, NetConf};
 use crate::env::CniEnv;
 use crate::error::{Error, Result};
-use crate::ipam::Store;
-use crate::wiring::host_veth_name;
-use crate::{masq, scratch};
+use crate::masq;
 
 /// What DEL needs to know; from the saved config when there is one.
 struct Teardown {

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use node_state::ipam::IpamError;
+use node_state::iptables::IptablesError;
+use node_state::mac::MacError;
+use node_state::scratch::ScratchError;
+
 use crate::config::ConfigError;
 use crate::env::EnvError;
-use crate::ipam::IpamError;
-use crate::iptables::IptablesError;
-use crate::scratch::ScratchError;
 use crate::spec::{code, CniError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,8 @@ pub enum Error {
     Scratch(#[from] ScratchError),
     #[error(transparent)]
     Masq(#[from] IptablesError),
+    #[error(transparent)]
+    Mac(#[from] MacError),
     #[error(transparent)]
     Netlink(#[from] flannel_netlink::Error),
     #[error(transparent)]
@@ -83,9 +87,10 @@ impl Error {
             Error::Ipam(IpamError::Exhausted(_)) => code::RANGE_EXHAUSTED,
             Error::Ipam(IpamError::Duplicate { .. }) => code::DUPLICATE_ALLOCATION,
             Error::Ipam(IpamError::Unavailable { .. }) => code::IP_UNAVAILABLE,
-            Error::Ipam(IpamError::Io { .. }) | Error::Scratch(_) | Error::Io { .. } => {
-                code::IO_FAILURE
-            }
+            Error::Ipam(IpamError::Io { .. })
+            | Error::Scratch(_)
+            | Error::Mac(_)
+            | Error::Io { .. } => code::IO_FAILURE,
             Error::SubnetEnv(e) if e.is_not_found() => code::TRY_AGAIN_LATER,
             Error::SubnetEnv(subnet_env::Error::Read { .. }) => code::IO_FAILURE,
             Error::SubnetEnv(_) => code::INVALID_CONFIG,

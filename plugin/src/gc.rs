@@ -3,16 +3,16 @@
 use std::collections::HashSet;
 
 use flannel_netlink::Handle;
+use node_state::host_veth_name;
+use node_state::ipam::{Allocation, Store};
+use node_state::scratch::{self, ScratchError};
 use subnet_env::SubnetEnv;
 
 use crate::config::NetConf;
 use crate::env::validate_container_id;
 use crate::error::{Error, Result};
-use crate::ipam::{Allocation, Store};
 use crate::masq;
-use crate::scratch::{self, ScratchError};
 use crate::spec::{code, CniError};
-use crate::wiring::host_veth_name;
 
 fn require_1_1(conf: &NetConf, verb: &'static str) -> Result<()> {
     if conf.version.allows_status_and_gc() {

@@ -5,8 +5,8 @@
 //! on-disk state of flannel + bridge + host-local are used unchanged; one
 //! exec and a handful of netlink round trips replace three processes.
 //!
-//! Besides the binary, two small APIs serve flanneld's status command:
-//! [`host_veth_name`] and [`ipam::Store::allocations`].
+//! What flanneld reads of the plugin's work (the IPAM store, the host veth
+//! names) and the firewall runner both use live in `node_state`.
 
 pub mod add;
 pub mod check;
@@ -15,15 +15,11 @@ pub mod del;
 pub mod env;
 pub mod error;
 pub mod gc;
-pub mod ipam;
-pub mod iptables;
 pub mod masq;
-pub mod scratch;
 pub mod spec;
 pub mod wiring;
 
 pub use error::{Error, Result};
-pub use wiring::host_veth_name;
 
 use config::NetConf;
 use env::{CniEnv, Command};

@@ -10,21 +10,21 @@ fn main() {
         eprintln!(
             "CNI plugin flannel v{}\nCNI protocol versions supported: {}",
             env!("CARGO_PKG_VERSION"),
-            flannel::spec::SUPPORTED_VERSIONS.join(", ")
+            flannel_cni::spec::SUPPORTED_VERSIONS.join(", ")
         );
     }
     let mut stdin = Vec::new();
     // VERSION takes no input; everything else reads its config.
     if command != "VERSION" {
         if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-            let err = flannel::spec::CniError::new(
-                flannel::spec::code::IO_FAILURE,
+            let err = flannel_cni::spec::CniError::new(
+                flannel_cni::spec::code::IO_FAILURE,
                 format!("error reading from stdin: {e}"),
             );
             fail(&err, &stdin);
         }
     }
-    match flannel::run(|k| std::env::var(k).ok(), &stdin) {
+    match flannel_cni::run(|k| std::env::var(k).ok(), &stdin) {
         Ok(Some(out)) => println!("{out}"),
         Ok(None) => {}
         Err(err) => fail(&err, &stdin),
@@ -32,9 +32,9 @@ fn main() {
 }
 
 /// Prints the error document in the caller's version and exits 1.
-fn fail(err: &flannel::spec::CniError, stdin: &[u8]) -> ! {
-    let version = flannel::config::peek_version(stdin)
-        .unwrap_or_else(|| flannel::spec::LATEST.as_str().to_string());
+fn fail(err: &flannel_cni::spec::CniError, stdin: &[u8]) -> ! {
+    let version = flannel_cni::config::peek_version(stdin)
+        .unwrap_or_else(|| flannel_cni::spec::LATEST.as_str().to_string());
     eprintln!("flannel: {err}");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", err.to_json(&version));

@@ -3,13 +3,15 @@
 //!
 //! Checks come first ([`inspect_bridge`]), so a call that is going to be
 //! refused is refused before anything changes. The host veth name is
-//! derived from the attachment ([`host_veth_name`]), so DEL, GC and
-//! flanneld's status find it without the pod's namespace.
+//! derived from the attachment ([`node_state::host_veth_name`]), so DEL,
+//! GC and flanneld's status find it without the pod's namespace. MACs are
+//! chosen here ([`node_state::random_mac`]), so nothing is read back.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use flannel_netlink::{Handle, Link, Mac, Netns, Route as KRoute, VethSpec};
 use ipnet::{IpNet, Ipv4Net};
+use node_state::random_mac;
 
 use crate::config::BridgeConf;
 use crate::error::{Error, Result};
@@ -17,19 +19,6 @@ use crate::spec::Route;
 
 /// The loopback device's index, the same in every network namespace.
 const LO_INDEX: u32 = 1;
-
-/// The host end's name: `veth` + 8 hex digits of the FNV-1a hash of
-/// `containerID \0 ifname`. Stable, so it can be found again from the
-/// attachment alone; 15 bytes at most, as Linux requires.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut hash: u32 = 0x811c_9dc5;
-    let bytes = container_id.bytes().chain([0]).chain(ifname.bytes());
-    for b in bytes {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    format!("veth{hash:08x}")
-}
 
 /// What ADD has to do to the bridge, decided before any change.
 pub struct BridgePlan {
@@ -225,46 +214,4 @@ pub fn enable_ip_forward() -> Result<()> {
         what: format!("enable {PATH}"),
         source,
     })
-}
-
-/// A random locally administered unicast MAC, as the kernel would pick:
-/// choosing it here saves asking the kernel for it afterwards.
-fn random_mac() -> Result<Mac> {
-    let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        return Err(Error::Io {
-            what: "getrandom".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    Ok(mac)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_veth_names_are_stable_and_short() {
-        let a = host_veth_name("abc", "eth0");
-        assert_eq!(a, host_veth_name("abc", "eth0"));
-        assert_eq!(a.len(), 12);
-        assert!(a.starts_with("veth"));
-        assert_ne!(a, host_veth_name("abc", "eth1"));
-        // The separator keeps ("ab", "c…") apart from ("a", "bc…").
-        assert_ne!(host_veth_name("ab", "ceth"), host_veth_name("a", "bceth"));
-        // FNV-1a of the lone separator byte.
-        assert_eq!(host_veth_name("", ""), "veth050c5d1f");
-    }
-
-    #[test]
-    fn random_macs_are_local_unicast() {
-        for _ in 0..32 {
-            let mac = random_mac().unwrap();
-            assert_eq!(mac[0] & 0x03, 0x02);
-        }
-    }
 }

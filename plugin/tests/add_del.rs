@@ -55,7 +55,7 @@ fn assert_no_pods_left(node: &Node) {
 
 /// Interfaces, IPs and routes of the result match what `ip` shows.
 fn assert_result_describes_live_state(node: &Node, pod: &Netns, id: &str, result: &Value) {
-    let host_veth = flannel::host_veth_name(id, "eth0");
+    let host_veth = node_state::host_veth_name(id, "eth0");
     let bridge = &node.ns.ip_json(&["link", "show", "cni0"])[0];
     let veth = &node.ns.ip_json(&["-d", "link", "show", &host_veth])[0];
     let eth0 = &pod.ip_json(&["link", "show", "eth0"])[0];

@@ -258,7 +258,7 @@ fn exhausted_range_is_a_clear_error() {
         "no IP addresses available in range set: 10.244.3.1-10.244.3.2"
     );
     assert_eq!(link_names(&b), ["lo"]);
-    let veth = flannel::host_veth_name("second", "eth0");
+    let veth = node_state::host_veth_name("second", "eth0");
     assert!(!node.links().contains(&veth));
     assert_eq!(node.allocated().len(), 1);
     assert_eq!(node.saved_configs(), ["first"]);
@@ -313,7 +313,7 @@ fn taken_host_veth_name_is_refused() {
     harness::require_root!();
     let node = Node::new();
     let pod = Netns::new("flpt");
-    let name = flannel::host_veth_name("clash", "eth0");
+    let name = node_state::host_veth_name("clash", "eth0");
     node.ns.sh(&[
         "ip", "link", "add", &name, "type", "veth", "peer", "name", "clash1",
     ]);

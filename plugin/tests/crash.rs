@@ -216,7 +216,7 @@ fn done_so_far(node: &Node, pod: &Netns, id: &str) -> Vec<&'static str> {
         allocated.iter().any(|(_, owner)| owner.is_empty()),
         allocated.iter().any(|(_, owner)| !owner.is_empty()),
         links.iter().any(|l| l == "cni0"),
-        links.contains(&flannel::host_veth_name(id, IFNAME)),
+        links.contains(&node_state::host_veth_name(id, IFNAME)),
         addrs.contains("10.244.3."),
         pod_routes(pod).iter().any(|r| r.starts_with("default")),
         node.nat_rules().contains("CNI-"),

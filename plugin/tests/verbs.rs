@@ -34,7 +34,7 @@ fn check_passes_then_reports_tampering() {
 
     pod.ip("route add 10.244.0.0/16 via 10.244.3.1 dev eth0");
     assert_success(&check_prev(&result));
-    let veth = flannel::host_veth_name("chk", "eth0");
+    let veth = node_state::host_veth_name("chk", "eth0");
     node.ns.sh(&["ip", "link", "set", &veth, "nomaster"]);
     assert_msg_contains(&error_doc(&check_prev(&result)), "is not on bridge cni0");
 

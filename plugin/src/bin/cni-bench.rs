@@ -2,7 +2,7 @@
 //! reference bridge + host-local, side by side, interleaved, in one run.
 //!
 //! ```text
-//! cargo run --release -p flannel --bin cni-bench -- [--iterations N]
+//! cargo run --release -p flannel-cni --bin cni-bench -- [--iterations N]
 //! ```
 //!
 //! Run as root. It creates two identical node namespaces (one per plugin)
@@ -12,13 +12,15 @@
 //! rusage from `wait4`, which includes the descendants it waited for (the
 //! reference bridge runs host-local as a child). Each plugin is exec'ed
 //! directly inside its node namespace (`setns` before `exec`), so no
-//! wrapper process is measured. Everything it creates is removed at exit.
+//! wrapper process is measured. Everything it creates is removed at exit,
+//! on failure too: failures are returned up to `main`, not panics (release
+//! binaries abort on panic, skipping the guards that clean up).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 const REFERENCE: &str = "/usr/lib/cni/bridge";
@@ -29,14 +31,13 @@ const SUBNET_ENV: &str =
 struct Ns(String);
 
 impl Ns {
-    fn new(tag: &str) -> Ns {
+    fn new(tag: &str) -> Result<Ns, String> {
         let name = format!("cnib-{tag}-{}", std::process::id());
         let ok = Command::new("ip").args(["netns", "add", &name]).status();
-        assert!(
-            ok.is_ok_and(|s| s.success()),
-            "cannot create netns {name} (root needed)"
-        );
-        Ns(name)
+        match ok {
+            Ok(s) if s.success() => Ok(Ns(name)),
+            _ => Err(format!("cannot create netns {name} (root needed)")),
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -102,48 +103,54 @@ impl Side {
 
     // The child is reaped by `wait4` (for its rusage), not by `Child::wait`.
     #[allow(clippy::zombie_processes)]
-    fn call(&self, command: &str, id: &str) -> Sample {
-        let node = std::fs::File::open(self.node.path()).expect("open node netns");
+    fn call(&self, command: &str, id: &str) -> Result<Sample, String> {
+        let what = |e: std::io::Error| format!("{} {command}: {e}", self.label);
+        let node = std::fs::File::open(self.node.path()).map_err(what)?;
         let mut cmd = self.command(&node, command, id);
         let start = Instant::now();
-        let mut child = cmd.spawn().expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(self.conf.as_bytes())
-            .unwrap();
+        let mut child = cmd.spawn().map_err(what)?;
         let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let (status, cpu) = wait4(child.id() as i32);
+        // Written and read before reaping, so the child never blocks on a
+        // pipe; the child is reaped whatever happens to them.
+        let io = (child.stdin.take())
+            .map_or(Ok(()), |mut pipe| pipe.write_all(self.conf.as_bytes()))
+            .and_then(|_| {
+                child
+                    .stdout
+                    .take()
+                    .map_or(Ok(0), |mut o| o.read_to_string(&mut out))
+            });
+        let (status, cpu) = wait4(child.id() as i32)?;
         let wall = start.elapsed();
+        io.map_err(what)?;
         if status != 0 {
             let mut err = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("{} {command} failed ({status}): {out} {err}", self.label);
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            return Err(format!(
+                "{} {command} failed ({status}): {out} {err}",
+                self.label
+            ));
         }
-        Sample { wall, cpu }
+        Ok(Sample { wall, cpu })
     }
 }
 
 /// Reaps `pid`; returns its exit status and user+system CPU time.
-fn wait4(pid: i32) -> (i32, Duration) {
+fn wait4(pid: i32) -> Result<(i32, Duration), String> {
     let mut status = 0;
     // SAFETY: rusage is plain data, fully written by wait4.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    if r != pid {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+    }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (status, tv(ru.ru_utime) + tv(ru.ru_stime))
+    Ok((status, tv(ru.ru_utime) + tv(ru.ru_stime)))
 }
 
-fn sides(dir: &Path, ours: PathBuf) -> (Side, Side) {
-    std::fs::write(dir.join("subnet.env"), SUBNET_ENV).unwrap();
+fn sides(dir: &Path, ours: PathBuf) -> Result<(Side, Side), String> {
+    let env = dir.join("subnet.env");
+    std::fs::write(&env, SUBNET_ENV).map_err(|e| format!("{}: {e}", env.display()))?;
     let our_conf = serde_json::json!({
         "cniVersion": "0.3.1", "name": "cbr0", "type": "flannel",
         "subnetFile": dir.join("subnet.env"), "dataDir": dir.join("flannel"),
@@ -157,17 +164,19 @@ fn sides(dir: &Path, ours: PathBuf) -> (Side, Side) {
         "ipam": {"type": "host-local", "dataDir": dir.join("ref"),
                  "ranges": [[{"subnet": "10.244.3.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]},
     });
-    let side = |label, program, conf: serde_json::Value| Side {
-        label,
-        program,
-        node: Ns::new(&format!("{label}n")),
-        pod: Ns::new(&format!("{label}p")),
-        conf: conf.to_string(),
+    let side = |label, program, conf: serde_json::Value| -> Result<Side, String> {
+        Ok(Side {
+            label,
+            program,
+            node: Ns::new(&format!("{label}n"))?,
+            pod: Ns::new(&format!("{label}p"))?,
+            conf: conf.to_string(),
+        })
     };
-    (
-        side("ours", ours, our_conf),
-        side("ref", PathBuf::from(REFERENCE), ref_conf),
-    )
+    Ok((
+        side("ours", ours, our_conf)?,
+        side("ref", PathBuf::from(REFERENCE), ref_conf)?,
+    ))
 }
 
 #[derive(Default)]
@@ -221,23 +230,38 @@ fn parse_iterations() -> usize {
     }
 }
 
-fn main() {
+fn main() -> ExitCode {
     let iterations = parse_iterations();
-    let exe = std::env::current_exe().expect("own path");
+    match run(iterations) {
+        Ok(series) => {
+            report(iterations, &series);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cni-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The measurements; what it created is removed when it returns.
+fn run(iterations: usize) -> Result<[Series; 4], String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
     let ours = exe.with_file_name("flannel");
-    assert!(
-        ours.is_file(),
-        "build the plugin first: {} missing",
-        ours.display()
-    );
+    if !ours.is_file() {
+        return Err(format!(
+            "build the plugin first: {} missing",
+            ours.display()
+        ));
+    }
     let dir = Dir(std::env::temp_dir().join(format!("cni-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let (a, b) = sides(&dir.0, ours);
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("{}: {e}", dir.0.display()))?;
+    let (a, b) = sides(&dir.0, ours)?;
     // Warm-up: the first ADD creates the bridge; page cache, etc.
     for i in 0..5 {
         for side in [&a, &b] {
-            side.call("ADD", &format!("warm{i}"));
-            side.call("DEL", &format!("warm{i}"));
+            side.call("ADD", &format!("warm{i}"))?;
+            side.call("DEL", &format!("warm{i}"))?;
         }
     }
     let mut series: [Series; 4] = Default::default();
@@ -249,13 +273,13 @@ fn main() {
             [(&b, 1), (&a, 0)]
         };
         for (side, k) in order {
-            series[k].push(side.call("ADD", &id));
+            series[k].push(side.call("ADD", &id)?);
         }
         for (side, k) in order {
-            series[2 + k].push(side.call("DEL", &id));
+            series[2 + k].push(side.call("DEL", &id)?);
         }
     }
-    report(iterations, &series);
+    Ok(series)
 }
 
 fn report(iterations: usize, s: &[Series; 4]) {

@@ -6,8 +6,8 @@ FLANNEL_DEB_PACKAGES=(
   protobuf-compiler libprotobuf-dev
   # nodes, pods and what the tests look at
   etcd-server iproute2 iputils-ping iptables nftables iperf3 procps util-linux strace
-  # the real CNI client
-  podman runc busybox-static
+  # the real CNI clients: podman, and containerd's CRI plugin (kubelet's path)
+  podman runc busybox-static containerd
   # the reference plugins the benchmarks compare with
   containernetworking-plugins
 )

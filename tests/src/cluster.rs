@@ -23,7 +23,7 @@ use crate::{try_wait_until, Etcd, EtcdTls, Netns, Node, Pod, TempDir};
 /// externals) and of the harness's temp dirs: what [`sweep_stale`] looks for.
 pub(crate) const POD_PREFIX: &str = "fl-p";
 const NETNS_PREFIXES: [&str; 4] = ["fl-u", "fl-n", POD_PREFIX, "fl-e"];
-const DIR_PREFIXES: [&str; 3] = ["fl-c", "fl-etcd", "fl-proc"];
+const DIR_PREFIXES: [&str; 4] = ["fl-c", "fl-etcd", "fl-proc", crate::containerd::DIR_PREFIX];
 
 /// The underlay bridge's address, where etcd listens.
 pub const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -465,6 +465,8 @@ fn tail(text: &str, n: usize) -> String {
 /// is gone (a test killed outright runs no Drop). Names carry the creating
 /// pid (see [`crate::unique`]), so live runs are never touched.
 pub fn sweep_stale() {
+    // Shims of a dead run's containerd first: they hold its pods' netns.
+    crate::containerd::sweep_stale_cgroups();
     let kept = KeptCluster::load(Path::new(KEPT_STATE)).unwrap_or_default();
     let list = crate::sh(&["ip", "netns", "list"]);
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {

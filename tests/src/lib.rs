@@ -7,13 +7,15 @@
 //! removed by `Drop` guards, pass or fail.
 //!
 //! The building blocks ([`Netns`], [`Proc`], [`TempDir`], [`Etcd`],
-//! [`Monitor`]) are usable on their own, e.g. by a crate's root integration
+//! [`Monitor`], [`Containerd`] with its [`Cri`] client) are usable on their own, e.g. by a crate's root integration
 //! tests; [`Cluster`] puts them together. Every test that needs root starts
 //! with [`require_root!`], every wait is a [`wait_until`].
 
 mod check;
 mod cluster;
 mod cmd;
+mod containerd;
+pub mod cri;
 mod etcd;
 pub mod http;
 mod monitor;
@@ -33,6 +35,10 @@ pub use cluster::{
     sweep_stale, teardown, Cluster, ClusterOpts, External, KeptCluster, KEPT_STATE, UNDERLAY_IP,
 };
 pub use cmd::{bin_path, run, sh, unique};
+pub use containerd::{
+    kube_flannel_conflist, kube_flannel_plugins, Containerd, LoneNode, BUSYBOX_IMAGE, PAUSE_IMAGE,
+};
+pub use cri::{Cri, ExecOutput, PodMeta};
 pub use etcd::{Etcd, EtcdError, EtcdTls, Kv};
 pub use monitor::Monitor;
 pub use netns::{run_in_netns, Netns};

@@ -1,7 +1,7 @@
 //! Benchmark of flanneld's datapath programming and memory (run as root):
 //!
 //! ```text
-//! cargo build --release --bins && sudo target/release/flanneld-bench [--peers 1000] [--rounds 15]
+//! cargo build --release --bins && sudo target/release/flanneld-bench [--peers 1000] [--rounds 15] [--json FILE]
 //! ```
 //!
 //! 1. Time: in fresh network namespaces (each with a veth stand-in NIC and
@@ -16,6 +16,9 @@
 //! 2. Memory: a real flanneld in a namespace, against a real etcd (inside
 //!    that namespace, on loopback) holding N peer leases: VmRSS and VmHWM
 //!    once all N routes are programmed.
+//!
+//! `--json FILE` also writes every sample (milliseconds) and the memory
+//! figures, for plotting.
 //!
 //! Nothing is created outside the namespaces it makes, and they are removed
 //! on exit, pass or fail.
@@ -37,21 +40,28 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 struct Args {
     peers: usize,
     rounds: usize,
+    json: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
         peers: 1000,
         rounds: 15,
+        json: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().and_then(|v| v.parse().ok());
+        let text = it.next();
+        if let ("--json", Some(path)) = (flag.as_str(), &text) {
+            a.json = Some(PathBuf::from(path));
+            continue;
+        }
+        let value = text.and_then(|v| v.parse().ok());
         match (flag.as_str(), value) {
             ("--peers", Some(v)) => a.peers = v,
             ("--rounds", Some(v)) => a.rounds = v,
             _ => {
-                eprintln!("usage: flanneld-bench [--peers N] [--rounds N]");
+                eprintln!("usage: flanneld-bench [--peers N] [--rounds N] [--json FILE]");
                 std::process::exit(2);
             }
         }
@@ -257,7 +267,22 @@ fn row(label: &str, s: &Stats) {
     );
 }
 
-fn time_section(a: &Args) -> f64 {
+/// Every sample of the time section, in milliseconds: what `--json` writes.
+fn samples_json(mode: RouteMode, times: &[Vec<Duration>; 3]) -> serde_json::Value {
+    let ms = |v: &[Duration]| -> Vec<f64> { v.iter().map(|d| d.as_secs_f64() * 1e3).collect() };
+    let mode = match mode {
+        RouteMode::Nexthop => "nexthop",
+        RouteMode::Plain => "plain",
+    };
+    serde_json::json!({
+        "route_mode": mode,
+        "flanneld_ms": ms(&times[0]),
+        "flanneld_plain_ms": ms(&times[1]),
+        "ip_batch_ms": ms(&times[2]),
+    })
+}
+
+fn time_section(a: &Args) -> serde_json::Value {
     let peers = peers(a.peers);
     let mut times: [Vec<Duration>; 3] = Default::default();
     let mut mode = RouteMode::Plain;
@@ -279,6 +304,7 @@ fn time_section(a: &Args) -> f64 {
             });
         }
     }
+    let samples = samples_json(mode, &times);
     let [auto, plain, reference] = times.map(stats);
     println!(
         "Programming {} peers (neighbour + FDB + route each), {} rounds:",
@@ -303,14 +329,19 @@ fn time_section(a: &Args) -> f64 {
         },
         ratio(&plain)
     );
-    ratio(&auto)
+    samples
 }
 
 fn main() {
     let a = parse_args();
-    time_section(&a);
+    let time = time_section(&a);
     println!();
-    memory::section(a.peers);
+    let memory = memory::section(a.peers);
+    if let Some(path) = &a.json {
+        let all = serde_json::json!({"peers": a.peers, "rounds": a.rounds, "time": time,
+                                     "memory": memory});
+        std::fs::write(path, all.to_string()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 mod memory {
@@ -400,7 +431,9 @@ mod memory {
             .unwrap_or(0)
     }
 
-    pub fn section(n: usize) {
+    /// Prints flanneld's memory with `n` peers; returns the figures (kB
+    /// as /proc reports them) for `--json`.
+    pub fn section(n: usize) -> serde_json::Value {
         let ns = Ns::new("m");
         let dir = std::env::temp_dir().join(format!("flb-mem-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -462,5 +495,9 @@ mod memory {
         );
         drop(flanneld);
         let _ = std::fs::remove_dir_all(&dir);
+        serde_json::json!({
+            "programmed_ms": programmed.as_secs_f64() * 1e3,
+            "vm_rss_kb": rss, "vm_hwm_kb": hwm, "rss_anon_kb": anon, "rss_file_kb": file,
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! reference bridge + host-local, side by side, interleaved, in one run.
 //!
 //! ```text
-//! cargo run --release -p flannel-cni --bin cni-bench -- [--iterations N]
+//! cargo run --release -p flannel-cni --bin cni-bench -- [--iterations N] [--json FILE]
 //! ```
 //!
 //! Run as root. It creates two identical node namespaces (one per plugin)
@@ -15,6 +15,7 @@
 //! wrapper process is measured. Everything it creates is removed at exit,
 //! on failure too: failures are returned up to `main`, not panics (release
 //! binaries abort on panic, skipping the guards that clean up).
+//! `--json FILE` also writes every sample (milliseconds) for plotting.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -218,25 +219,55 @@ fn ratio(ours: &[Duration], reference: &[Duration]) -> f64 {
     percentile(ours, 0.5).as_secs_f64() / percentile(reference, 0.5).as_secs_f64()
 }
 
-fn parse_iterations() -> usize {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => 200,
-        [flag, n] if flag == "--iterations" => n.parse().expect("--iterations takes a number"),
-        _ => {
-            eprintln!("usage: cni-bench [--iterations N]");
-            std::process::exit(2);
+struct Args {
+    iterations: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        iterations: 200,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--iterations", Some(n)) => {
+                args.iterations = n.parse().expect("--iterations takes a number")
+            }
+            ("--json", Some(path)) => args.json = Some(PathBuf::from(path)),
+            _ => {
+                eprintln!("usage: cni-bench [--iterations N] [--json FILE]");
+                std::process::exit(2);
+            }
         }
     }
+    args
+}
+
+/// Every sample in milliseconds, by series: what `--json` writes.
+fn samples_json(iterations: usize, s: &[Series; 4]) -> serde_json::Value {
+    let ms = |v: &[Duration]| -> Vec<f64> { v.iter().map(|d| d.as_secs_f64() * 1e3).collect() };
+    let mut series = serde_json::Map::new();
+    for (name, x) in ["ours_add", "ref_add", "ours_del", "ref_del"].iter().zip(s) {
+        let both = serde_json::json!({"wall_ms": ms(&x.wall), "cpu_ms": ms(&x.cpu)});
+        series.insert(name.to_string(), both);
+    }
+    serde_json::json!({"iterations": iterations, "reference": REFERENCE, "series": series})
 }
 
 fn main() -> ExitCode {
-    let iterations = parse_iterations();
-    match run(iterations) {
-        Ok(series) => {
-            report(iterations, &series);
-            ExitCode::SUCCESS
+    let args = parse_args();
+    let result = run(args.iterations).and_then(|series| {
+        report(args.iterations, &series);
+        match &args.json {
+            Some(path) => std::fs::write(path, samples_json(args.iterations, &series).to_string())
+                .map_err(|e| format!("{}: {e}", path.display())),
+            None => Ok(()),
         }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cni-bench: {e}");
             ExitCode::FAILURE

@@ -21,7 +21,8 @@ use crate::cli::Options;
 use crate::config::NetworkConfig;
 use crate::lease::etcd::EtcdStore;
 use crate::lease::{
-    config_key, format_mac, subnets_prefix, LeaseAttrs, LeaseStore, Peer, PeerSet, Record,
+    config_key, format_mac, subnets_prefix, LeaseAttrs, LeaseStore, Own, Peer, PeerSet, Record,
+    Rules, SkipReason,
 };
 
 /// Exit code when some peer entry is missing.
@@ -33,7 +34,8 @@ pub struct Report {
     pub own: Option<OwnInfo>,
     pub device: Option<String>,
     pub peers: Vec<PeerRow>,
-    pub skipped: Vec<(String, String)>,
+    /// Leases not used, with why (a conflict names the lease that wins).
+    pub skipped: Vec<(String, SkipReason)>,
     pub pods: Vec<PodRow>,
 }
 
@@ -89,10 +91,15 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
     let own_record = find_own(opts, &listing.records)?;
     let mut h = Handle::new().context("cannot open a netlink socket")?;
     let mut report = Report::default();
-    let mut set = PeerSet::new(config.backend.vni);
+    let mut own = None;
     if let Some((record, subnet)) = own_record {
-        set.set_own(subnet);
         let attrs: LeaseAttrs = serde_json::from_slice(&record.value)?;
+        own = Some(Own {
+            key: record.key.clone(),
+            subnet,
+            public_ip: attrs.public_ip,
+            vtep_mac: attrs.vxlan_data().map(|d| d.vtep_mac).unwrap_or_default(),
+        });
         let remaining = match record.lease {
             0 => None,
             id => Some(store.time_to_live(id).await?.unwrap_or_default()),
@@ -103,10 +110,12 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
             remaining,
         });
     }
-    report.skipped = set
-        .reset(&listing.records)
-        .into_iter()
-        .map(|(k, why)| (k, why.to_string()))
+    // The daemon's own judgement of the leases, conflicts included.
+    let mut set = PeerSet::new(Rules::new(&config, own));
+    set.reset(&listing.records);
+    set.settle();
+    report.skipped = (set.skipped())
+        .map(|(k, why)| (k.to_owned(), why.clone()))
         .collect();
     let dev = h.link(&device_name(config.backend.vni))?;
     report.device = dev.as_ref().map(|l| {
@@ -266,7 +275,11 @@ pub fn render(r: &Report, now: SystemTime) -> String {
         );
     }
     for (key, why) in &r.skipped {
-        out += &format!("skipped {key}: {why}\n");
+        let what = match why {
+            SkipReason::Conflict { .. } => "conflict",
+            _ => "skipped",
+        };
+        out += &format!("{what} {key}: {why}\n");
     }
     out += &format!(
         "\nPODS ({})\n{:<16} {:<66} {:<10} {:<16} {}\n",
@@ -440,7 +453,16 @@ mod tests {
                 fdb: false,
                 route: true,
             }],
-            skipped: vec![("/p/subnets/x".into(), "key does not name a subnet".into())],
+            skipped: vec![
+                ("/p/subnets/x".into(), SkipReason::BadKey),
+                (
+                    "/p/subnets/10.244.3.0-24".into(),
+                    SkipReason::Conflict {
+                        winner: "/p/subnets/10.244.2.0-24".into(),
+                        clash: crate::lease::Clash::VtepMac,
+                    },
+                ),
+            ],
             pods: vec![PodRow {
                 network: "cbr0".into(),
                 ip: "10.244.1.2".into(),
@@ -458,7 +480,14 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("skipped /p/subnets/x: key does not name a subnet"));
+        assert!(text.contains("skipped /p/subnets/x: key does not name a subnet\n"));
+        assert!(
+            text.contains(
+                "conflict /p/subnets/10.244.3.0-24: has the same VTEP MAC as \
+                 /p/subnets/10.244.2.0-24, which is older and wins\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("10.244.1.2       abc"), "{text}");
         assert!(text.contains("veth0011aabb     cbr0\n"), "{text}");
     }

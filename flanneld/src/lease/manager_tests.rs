@@ -179,11 +179,12 @@ fn deleted_lease_shows_in_the_watch_and_is_taken_again() {
     let f = Fixture::new("10.244.0.0/16");
     let own = f.acquire(attrs("192.0.2.11", 1), None).unwrap();
     let rev = block_on(f.store.list(PREFIX)).unwrap().revision;
-    let mut watch = block_on(
+    let (mut watch, header) = block_on(
         f.store
             .watch(&crate::lease::subnets_prefix(PREFIX), rev + 1),
     )
     .unwrap();
+    assert_eq!(header.revision, rev);
     f.store.remove(&own.key);
     let WatchItem::Events { events, .. } = block_on(watch.next()).unwrap() else {
         panic!()

@@ -512,6 +512,51 @@ mod tests {
         );
     }
 
+    /// A route through the device with a gateway to `dst`, as an older
+    /// version programmed forged leases.
+    fn hijack(dst: &str) -> Route {
+        Route::new(dst.parse().unwrap())
+            .via("10.244.2.0".parse().unwrap())
+            .dev(DEV)
+            .onlink()
+    }
+
+    #[test]
+    fn our_routes_go_wherever_they_lead_and_the_kernels_stay() {
+        let peers = [peer(2, 2, 12)];
+        let mut actual = programmed(&peers);
+        let hijacked = [
+            "8.8.8.0/24",
+            "128.0.0.0/1",
+            "10.244.1.128/25",
+            "10.99.0.0/16",
+        ];
+        actual.routes.extend(hijacked.iter().map(|d| hijack(d)));
+        // The kernel's route for an address, and a route into the device
+        // without a gateway: not ours.
+        let mut kernel = Route::new("10.244.77.0/24".parse().unwrap()).dev(DEV);
+        kernel.protocol = 2;
+        actual.routes.push(kernel);
+        actual
+            .routes
+            .push(Route::new("10.98.0.0/16".parse().unwrap()).dev(DEV));
+        let ops = plan(&desired(&peers), &actual);
+        let gone: Vec<Op> = hijacked.iter().map(|d| Op::DelRoute(hijack(d))).collect();
+        assert_eq!(ops, gone);
+        // Through one of our nexthops, even outside the network.
+        let mut actual = programmed_nh(&peers);
+        actual
+            .routes
+            .push(Route::new("9.9.9.0/24".parse().unwrap()).nhid(nh_id(&peers[0])));
+        let ops = plan(&desired_nh(&peers), &actual);
+        assert_eq!(
+            ops,
+            [Op::DelRoute(
+                Route::new("9.9.9.0/24".parse().unwrap()).nhid(nh_id(&peers[0]))
+            )]
+        );
+    }
+
     #[test]
     fn changed_mac_or_public_ip_replaces_old_entries() {
         let old = [peer(2, 2, 12)];

@@ -136,6 +136,8 @@ pub struct Daemon<S: LeaseStore, C: Clock> {
     pub(super) config_seen: Option<Option<Vec<u8>>>,
     pub(super) config_differs: bool,
     pub(super) watch: Option<S::Watch>,
+    /// The watch broke since it was last opened.
+    pub(super) watch_broke: bool,
     pub(super) watch_retry: Option<Instant>,
     pub(super) watch_backoff: Backoff,
     pub(super) renew_retry: Option<Instant>,
@@ -191,6 +193,7 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
             config_seen: None,
             config_differs: false,
             watch: None,
+            watch_broke: false,
             watch_retry: None,
             watch_backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             renew_retry: None,

@@ -17,7 +17,7 @@ use crate::{error, info, warn};
 impl<S: LeaseStore, C: Clock> Daemon<S, C> {
     pub(super) fn on_watch(&mut self, next: Result<Next, StoreError>) {
         match next {
-            Ok(Next::Opened(header)) => self.check_store(header),
+            Ok(Next::Opened(header)) => self.on_opened(header),
             Ok(Next::Item(WatchItem::Events { revision, events })) => {
                 self.watch_backoff.reset();
                 self.watch_retry = None;
@@ -37,6 +37,7 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
                 );
                 Metrics::add(&self.shared.metrics.watch_restarts, 1);
                 self.watch = None;
+                self.watch_broke = true;
                 self.watch_retry = Some(Instant::now() + delay);
             }
         }

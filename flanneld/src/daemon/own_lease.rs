@@ -127,14 +127,22 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
         self.peers.set_rules(self.boot.rules());
         self.renew_retry = None;
         self.push_firewall();
-        // Another node may hold our old subnet now: rebuild from a listing.
+        // Another node may hold our old subnet now: rebuild from a listing,
+        // which also tells where the store is (it may have been wiped).
+        (self.revision, self.cluster_id) = (0, None);
         Ok(Some(Repair::Relist))
     }
 
-    /// Checks where a reopened watch found the store.
-    pub(super) fn check_store(&mut self, header: Header) {
+    /// Checks where a reopened watch found the store. After a break, our
+    /// lease is checked too: a store wiped while we were away may answer
+    /// from a revision past ours and with the same cluster id (a fresh
+    /// etcd with the same name and peer URLs has it), but it does not have
+    /// our etcd lease.
+    pub(super) fn on_opened(&mut self, header: Header) {
         if let Some(why) = self.reset_by(header) {
             self.repair = Some(self.start_over(&why));
+        } else if std::mem::take(&mut self.watch_broke) && self.repair.is_none() {
+            self.repair = Some(Repair::Reassert);
         }
     }
 
@@ -162,6 +170,7 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
         warn!("{why}: etcd was wiped or restored; acquiring our lease again and re-listing");
         Metrics::add(&self.shared.metrics.store_resets, 1);
         self.watch = None;
+        self.watch_broke = false;
         self.revision = 0;
         self.cluster_id = None;
         self.repair_at = None;

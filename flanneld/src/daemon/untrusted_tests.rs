@@ -307,3 +307,28 @@ async fn config_changes_are_reported_once_and_not_applied() {
         assert_eq!((t.device.vni, t.device.subnet.to_string()), (1, OWN.into()));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wiped_store_past_our_revision_is_noticed_by_our_lease() {
+    let (rig, mut d) = rig(&[2]).await;
+    let old = d.own().lease_id;
+    during(&mut d, async {
+        sleep(ms(10)).await;
+        // A fresh etcd with the same name and URLs: the same cluster id,
+        // and busy enough to be past our revision when we reconnect.
+        rig.store.wipe(1);
+        rig.store.set_down(true);
+        rig.store.insert(&config_key(PREFIX), CONFIG);
+        for n in 10..60 {
+            put_peer(&rig.store, n);
+        }
+        rig.store.set_down(false);
+        sleep(ms(500)).await;
+    })
+    .await;
+    assert_eq!(d.own().subnet.to_string(), OWN);
+    assert_ne!(d.own().lease_id, old);
+    assert!(holds_own(&rig, d.own().lease_id), "{:?}", rig.own_record());
+    assert_eq!(rig.metric(|m| &m.lease_acquisitions), 2);
+    assert_eq!(rig.last_peers().map(|p| p.len()), Some(50));
+}

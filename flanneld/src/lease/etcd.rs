@@ -526,6 +526,18 @@ mod tests {
     }
 
     #[test]
+    fn oversized_answers_and_missing_leases_have_their_own_errors() {
+        let too_large =
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes";
+        assert!(matches!(
+            classify(None, too_large, String::new()),
+            StoreError::TooLarge(_)
+        ));
+        let gone = "etcdserver: requested lease not found";
+        assert_eq!(classify(None, gone, String::new()), StoreError::NoLease);
+    }
+
+    #[test]
     fn a_forgotten_token_makes_the_next_call_log_in_again() {
         let login = login(&creds(Some("flannel"), Some("p"))).unwrap().unwrap();
         login.valid.store(true, Ordering::Relaxed);

@@ -142,6 +142,8 @@ impl MemStore {
             revision: 1,
             cluster_id,
             epoch,
+            // etcd's lease ids are not reused.
+            next_lease: i.next_lease,
             calls,
             failures,
             watches,

@@ -87,7 +87,7 @@ pub struct Page {
 }
 
 /// Keys per page; a page whose answer is too large is asked again with
-/// half as many.
+/// half as many, and the pages after it grow back.
 pub const PAGE_KEYS: usize = 500;
 
 /// Lists every key under `prefix` page by page, all pages at the revision
@@ -119,6 +119,7 @@ pub async fn list_paged<S: LeaseStore + ?Sized>(
             (listing.revision, listing.cluster_id) = (page.header.revision, page.header.cluster_id);
         }
         listing.records.extend(page.records);
+        limit = (limit * 2).min(PAGE_KEYS);
         match page.next {
             Some(next) => from = next,
             None => return Ok(listing),

@@ -6,6 +6,12 @@
 //! etcd lease of 24 h (a key without an etcd lease is a permanent
 //! reservation). The byte layout matches what flannel's Go code marshals, so
 //! both daemons can share one cluster.
+//!
+//! Nothing read from etcd is trusted: [`PeerSet`] judges every lease
+//! against the network config and our own lease before it can become a
+//! peer, [`acquire`] never takes over a lease that merely carries our
+//! PublicIP when the subnet we had is still ours, and the store lists in
+//! pages so no amount of data under the prefix stops a node.
 
 mod attrs;
 pub mod etcd;

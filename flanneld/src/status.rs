@@ -93,22 +93,8 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let mut own = None;
     if let Some((record, subnet)) = own_record {
-        let attrs: LeaseAttrs = serde_json::from_slice(&record.value)?;
-        own = Some(Own {
-            key: record.key.clone(),
-            subnet,
-            public_ip: attrs.public_ip,
-            vtep_mac: attrs.vxlan_data().map(|d| d.vtep_mac).unwrap_or_default(),
-        });
-        let remaining = match record.lease {
-            0 => None,
-            id => Some(store.time_to_live(id).await?.unwrap_or_default()),
-        };
-        report.own = Some(OwnInfo {
-            subnet,
-            attrs,
-            remaining,
-        });
+        let (info, rules_own) = own_lease(&store, record, subnet).await?;
+        (report.own, own) = (Some(info), Some(rules_own));
     }
     // The daemon's own judgement of the leases, conflicts included.
     let mut set = PeerSet::new(Rules::new(&config, own));
@@ -130,6 +116,31 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
     report.peers = programmed(dev.map(|l| l.index), config.network, &set.peers())?;
     report.pods = pods(&mut h, &opts.ipam_dir)?;
     Ok(report)
+}
+
+/// Our lease as the report shows it, and as judging the peers needs it.
+async fn own_lease(
+    store: &EtcdStore,
+    record: &Record,
+    subnet: Ipv4Net,
+) -> anyhow::Result<(OwnInfo, Own)> {
+    let attrs: LeaseAttrs = serde_json::from_slice(&record.value)?;
+    let own = Own {
+        key: record.key.clone(),
+        subnet,
+        public_ip: attrs.public_ip,
+        vtep_mac: attrs.vxlan_data().map(|d| d.vtep_mac).unwrap_or_default(),
+    };
+    let remaining = match record.lease {
+        0 => None,
+        id => Some(store.time_to_live(id).await?.unwrap_or_default()),
+    };
+    let info = OwnInfo {
+        subnet,
+        attrs,
+        remaining,
+    };
+    Ok((info, own))
 }
 
 /// Our lease: the subnet of subnet.env, else the one carrying our public IP.

@@ -7,6 +7,10 @@
 //! itself is gone (expired, revoked, or the store was wiped) is a lease
 //! acquired again, the previous subnet first. Someone who keeps rewriting
 //! our key is answered more and more slowly, so two writers cannot spin.
+//!
+//! A permanent reservation (a key without an etcd lease) is an
+//! administrator's: a change of it is theirs to make, and a lease is taken
+//! again (the reservation itself if it still carries our PublicIP).
 
 use tokio::time::Instant;
 
@@ -50,6 +54,13 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
             .is_some_and(|r| self.is_ours(&r.value, r.lease))
         {
             return Ok(None);
+        }
+        if own.lease_id == 0 {
+            warn!(
+                "reservation {} was changed: taking a lease again",
+                own.subnet
+            );
+            return Ok(Some(Repair::Reacquire));
         }
         self.report_overwrite(current.as_ref());
         let json = own.attrs.to_json();

@@ -81,10 +81,19 @@ pub(super) struct Rig {
 
 /// A daemon that took `OWN` (as bootstrap would), with peers `peers`.
 pub(super) async fn rig(peers: &[u8]) -> (Rig, TestDaemon) {
+    rig_with(peers, false).await
+}
+
+/// Like [`rig`]; with `reserved`, `OWN` is a permanent reservation for us
+/// (a key without an etcd lease), which the daemon takes.
+pub(super) async fn rig_with(peers: &[u8], reserved: bool) -> (Rig, TestDaemon) {
     let clock = TokioClock::new();
     let t0 = clock.now();
     let store = MemStore::new(clock.clone());
     store.insert(&crate::lease::config_key(PREFIX), CONFIG);
+    if reserved {
+        store.insert(&key(OWN), &ours().to_json());
+    }
     peers.iter().for_each(|n| put_peer(&store, *n));
     let config = config();
     let req = LeaseRequest {

@@ -114,6 +114,29 @@ async fn own_lease_overwritten_during_a_compaction_is_noticed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reservation_given_to_another_node_is_left_to_it() {
+    let (rig, mut d) = rig_with(&[2], true).await;
+    assert_eq!(d.own().lease_id, 0);
+    let theirs = attrs("192.0.2.77", 0x77).to_json();
+    during(&mut d, async {
+        sleep(ms(10)).await;
+        rig.drain();
+        // The administrator gives the reservation to another node.
+        rig.store.insert(&key(OWN), &theirs);
+        sleep(ms(10)).await;
+    })
+    .await;
+    let new = d.own().subnet;
+    assert_ne!(new.to_string(), OWN);
+    assert_eq!(rig.own_record(), Some((theirs, 0)));
+    assert_eq!(rig.metric(|m| &m.lease_acquisitions), 2);
+    assert_eq!(rig.metric(|m| &m.lease_overwrites), 0);
+    let t = rig.targets().pop().unwrap();
+    assert_eq!(t.device.subnet, new);
+    assert_eq!(t.peers.len(), 2, "the other node and peer 2");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_key_changed_after_our_etcd_lease_is_gone_is_acquired_anew() {
     let (rig, mut d) = rig(&[2]).await;
     let old = d.own().lease_id;

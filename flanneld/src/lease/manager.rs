@@ -107,25 +107,8 @@ async fn try_acquire<S: LeaseStore, C: Clock>(
         .iter()
         .filter_map(|r| subnet_from_key(&r.key))
         .collect();
-    let ip = req.attrs.public_ip;
-    let (mine, others) = find_own(&listing.records, ip, req.previous);
-    for r in others {
-        crate::warn!(
-            "lease {} also carries our PublicIP {ip}: not ours, leaving it alone",
-            r.key
-        );
-    }
-    if let Some((record, subnet)) = mine {
-        if req.config.accepts(subnet) {
-            return reuse(store, clock, req, record, subnet).await;
-        }
-        // flannel drops a lease of ours that no longer fits the config.
-        crate::warn!(
-            "lease {subnet} for {} does not fit the network config, deleting it",
-            req.attrs.public_ip
-        );
-        store.delete(&record.key).await?;
-        leased.remove(&subnet);
+    if let Some((record, subnet)) = usable_own(store, req, &listing.records, &mut leased).await? {
+        return reuse(store, clock, req, record, subnet).await;
     }
     let previous = req
         .previous
@@ -146,6 +129,35 @@ async fn try_acquire<S: LeaseStore, C: Clock>(
         expires: Some(clock.now() + LEASE_TTL),
         origin,
     })
+}
+
+/// Our lease in `records`, if it fits the config. One that does not is
+/// deleted, as flannel does, and its subnet is free again in `leased`;
+/// other leases carrying our PublicIP are logged and left alone.
+async fn usable_own<'r, S: LeaseStore>(
+    store: &S,
+    req: &LeaseRequest<'_>,
+    records: &'r [Record],
+    leased: &mut BTreeSet<Ipv4Net>,
+) -> Result<Option<(&'r Record, Ipv4Net)>, LeaseError> {
+    let ip = req.attrs.public_ip;
+    let (mine, others) = find_own(records, ip, req.previous);
+    for r in others {
+        crate::warn!(
+            "lease {} also carries our PublicIP {ip}: not ours, leaving it alone",
+            r.key
+        );
+    }
+    let Some((record, subnet)) = mine else {
+        return Ok(None);
+    };
+    if req.config.accepts(subnet) {
+        return Ok(Some((record, subnet)));
+    }
+    crate::warn!("lease {subnet} for {ip} does not fit the network config, deleting it");
+    store.delete(&record.key).await?;
+    leased.remove(&subnet);
+    Ok(None)
 }
 
 /// Our lease among the records carrying PublicIP `ip`: the one at

@@ -41,7 +41,14 @@ pub struct Metrics {
     pub lease_acquisitions: Counter,
     pub lease_renewals: Counter,
     pub watch_restarts: Counter,
+    /// Times a lease started being skipped, or for another reason.
     pub leases_skipped: Counter,
+    /// Leases not used as peers now (invalid, or losing a conflict).
+    pub skipped_leases: Gauge,
+    pub lease_conflicts: Counter,
+    pub lease_overwrites: Counter,
+    pub config_changes: Counter,
+    pub store_resets: Counter,
     pub firewall_syncs: Counter,
     pub firewall_errors: Counter,
 }
@@ -63,6 +70,11 @@ impl Default for Metrics {
             lease_renewals: Counter::default(),
             watch_restarts: Counter::default(),
             leases_skipped: Counter::default(),
+            skipped_leases: Gauge::default(),
+            lease_conflicts: Counter::default(),
+            lease_overwrites: Counter::default(),
+            config_changes: Counter::default(),
+            store_resets: Counter::default(),
             firewall_syncs: Counter::default(),
             firewall_errors: Counter::default(),
         };
@@ -114,6 +126,42 @@ impl Metrics {
             self.reconcile_last_seconds.clone(),
         );
         self.register_lease_and_firewall();
+        self.register_untrusted();
+    }
+
+    /// What flanneld refused or repaired of what it read from etcd.
+    fn register_untrusted(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "flanneld_skipped_leases",
+            "leases not used as peers now (invalid, or losing a conflict)",
+            self.skipped_leases.clone(),
+        );
+        let counters = [
+            (
+                "flanneld_lease_conflicts",
+                "times a lease lost a conflict with an older one",
+                &self.lease_conflicts,
+            ),
+            (
+                "flanneld_lease_overwrites",
+                "times this node's lease key was overwritten or deleted and written back",
+                &self.lease_overwrites,
+            ),
+            (
+                "flanneld_config_changes",
+                "changes of the network config seen while running (not applied)",
+                &self.config_changes,
+            ),
+            (
+                "flanneld_etcd_resets",
+                "times etcd was found wiped or restored (lease taken again, peers re-listed)",
+                &self.store_resets,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
     }
 
     fn register_lease_and_firewall(&mut self) {
@@ -141,7 +189,7 @@ impl Metrics {
             ),
             (
                 "flanneld_leases_skipped",
-                "malformed or foreign leases ignored",
+                "times a lease started being skipped (or for another reason)",
                 &self.leases_skipped,
             ),
             (
@@ -232,6 +280,11 @@ mod tests {
                 "flanneld_leases_skipped counter",
                 "flanneld_firewall_syncs counter",
                 "flanneld_firewall_errors counter",
+                "flanneld_skipped_leases gauge",
+                "flanneld_lease_conflicts counter",
+                "flanneld_lease_overwrites counter",
+                "flanneld_config_changes counter",
+                "flanneld_etcd_resets counter",
             ]
         );
         let names: Vec<String> = samples(&text)
@@ -256,6 +309,11 @@ mod tests {
                 "flanneld_leases_skipped_total",
                 "flanneld_firewall_syncs_total",
                 "flanneld_firewall_errors_total",
+                "flanneld_skipped_leases",
+                "flanneld_lease_conflicts_total",
+                "flanneld_lease_overwrites_total",
+                "flanneld_config_changes_total",
+                "flanneld_etcd_resets_total",
             ]
         );
         assert!(text.contains("# HELP flanneld_peers remote nodes in the leases.\n"));

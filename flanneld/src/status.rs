@@ -23,7 +23,8 @@ use crate::cli::Options;
 use crate::config::NetworkConfig;
 use crate::lease::etcd::EtcdStore;
 use crate::lease::{
-    config_key, format_mac, subnets_prefix, LeaseAttrs, LeaseStore, Peer, PeerSet, Record,
+    config_key, format_mac, subnets_prefix, LeaseAttrs, LeaseStore, Own, Peer, PeerSet, Record,
+    Rules, SkipReason,
 };
 
 /// Exit code when some peer entry is missing.
@@ -35,7 +36,8 @@ pub struct Report {
     pub own: Option<OwnInfo>,
     pub device: Option<String>,
     pub peers: Vec<PeerRow>,
-    pub skipped: Vec<(String, String)>,
+    /// Leases not used, with why (a conflict names the lease that wins).
+    pub skipped: Vec<(String, SkipReason)>,
     pub pods: Vec<PodRow>,
 }
 
@@ -91,24 +93,17 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
     let own_record = find_own(opts, &listing.records)?;
     let mut h = Handle::new().context("cannot open a netlink socket")?;
     let mut report = Report::default();
-    let mut set = PeerSet::new(config.backend.vni);
+    let mut own = None;
     if let Some((record, subnet)) = own_record {
-        set.set_own(subnet);
-        let attrs: LeaseAttrs = serde_json::from_slice(&record.value)?;
-        let remaining = match record.lease {
-            0 => None,
-            id => Some(store.time_to_live(id).await?.unwrap_or_default()),
-        };
-        report.own = Some(OwnInfo {
-            subnet,
-            attrs,
-            remaining,
-        });
+        let (info, rules_own) = own_lease(&store, record, subnet).await?;
+        (report.own, own) = (Some(info), Some(rules_own));
     }
-    report.skipped = set
-        .reset(&listing.records)
-        .into_iter()
-        .map(|(k, why)| (k, why.to_string()))
+    // The daemon's own judgement of the leases, conflicts included.
+    let mut set = PeerSet::new(Rules::new(&config, own));
+    set.reset(&listing.records);
+    set.settle();
+    report.skipped = (set.skipped())
+        .map(|(k, why)| (k.to_owned(), why.clone()))
         .collect();
     let dev = h.link(&device_name(config.backend.vni))?;
     report.device = dev.as_ref().map(|l| {
@@ -123,6 +118,31 @@ async fn gather(opts: &Options) -> anyhow::Result<Report> {
     report.peers = programmed(dev.map(|l| l.index), config.network, &set.peers())?;
     report.pods = pods(&mut h, &opts.ipam_dir)?;
     Ok(report)
+}
+
+/// Our lease as the report shows it, and as judging the peers needs it.
+async fn own_lease(
+    store: &EtcdStore,
+    record: &Record,
+    subnet: Ipv4Net,
+) -> anyhow::Result<(OwnInfo, Own)> {
+    let attrs: LeaseAttrs = serde_json::from_slice(&record.value)?;
+    let own = Own {
+        key: record.key.clone(),
+        subnet,
+        public_ip: attrs.public_ip,
+        vtep_mac: attrs.vxlan_data().map(|d| d.vtep_mac).unwrap_or_default(),
+    };
+    let remaining = match record.lease {
+        0 => None,
+        id => Some(store.time_to_live(id).await?.unwrap_or_default()),
+    };
+    let info = OwnInfo {
+        subnet,
+        attrs,
+        remaining,
+    };
+    Ok((info, own))
 }
 
 /// Our lease: the subnet of subnet.env, else the one carrying our public IP.
@@ -268,7 +288,11 @@ pub fn render(r: &Report, now: SystemTime) -> String {
         );
     }
     for (key, why) in &r.skipped {
-        out += &format!("skipped {key}: {why}\n");
+        let what = match why {
+            SkipReason::Conflict { .. } => "conflict",
+            _ => "skipped",
+        };
+        out += &format!("{what} {key}: {why}\n");
     }
     out += &format!(
         "\nPODS ({})\n{:<16} {:<66} {:<10} {:<16} {}\n",
@@ -442,7 +466,16 @@ mod tests {
                 fdb: false,
                 route: true,
             }],
-            skipped: vec![("/p/subnets/x".into(), "key does not name a subnet".into())],
+            skipped: vec![
+                ("/p/subnets/x".into(), SkipReason::BadKey),
+                (
+                    "/p/subnets/10.244.3.0-24".into(),
+                    SkipReason::Conflict {
+                        winner: "/p/subnets/10.244.2.0-24".into(),
+                        clash: crate::lease::Clash::VtepMac,
+                    },
+                ),
+            ],
             pods: vec![PodRow {
                 network: "cbr0".into(),
                 ip: "10.244.1.2".into(),
@@ -460,7 +493,14 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("skipped /p/subnets/x: key does not name a subnet"));
+        assert!(text.contains("skipped /p/subnets/x: key does not name a subnet\n"));
+        assert!(
+            text.contains(
+                "conflict /p/subnets/10.244.3.0-24: has the same VTEP MAC as \
+                 /p/subnets/10.244.2.0-24, which is older and wins\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("10.244.1.2       abc"), "{text}");
         assert!(text.contains("veth0011aabb     cbr0\n"), "{text}");
     }

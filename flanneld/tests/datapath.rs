@@ -211,7 +211,8 @@ fn malformed_and_foreign_leases_are_skipped() {
 #[test]
 fn hundreds_of_leases_in_transactions_are_all_programmed() {
     harness::require_root!();
-    let cluster = one_node(ClusterOpts::default());
+    // Room for 400 peers of /24 (the node takes one of 10.240.1-100.0/24).
+    let cluster = one_node(ClusterOpts::default().network("10.240.0.0/12"));
     let node = cluster.node(0);
     // 4 transactions of 100 puts: each arrives as one watch response
     // carrying 100 events at one revision.
@@ -219,13 +220,9 @@ fn hundreds_of_leases_in_transactions_are_all_programmed() {
         let puts: Vec<(String, String)> = (0..100u32)
             .map(|i| {
                 let n = t * 100 + i;
-                let subnet = format!("10.244.{}.0/24", 1 + n / 2);
-                let subnet = if n % 2 == 0 {
-                    subnet
-                } else {
-                    format!("10.244.{}.128/25", 1 + n / 2)
-                };
-                let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+                let first = u32::from(std::net::Ipv4Addr::new(10, 244, 1, 0));
+                let subnet = std::net::Ipv4Addr::from(first + n * 256);
+                let key = format!("{PREFIX}/subnets/{subnet}-24");
                 let value = lease_json(
                     &format!("198.18.{}.{}", n / 200, n % 200 + 1),
                     1,

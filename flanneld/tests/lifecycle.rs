@@ -109,31 +109,28 @@ fn graceful_leave_releases_the_lease_and_plain_stop_keeps_it() {
 }
 
 #[test]
-fn deleted_own_lease_is_taken_again() {
+fn deleted_own_lease_is_written_back_with_the_same_etcd_lease() {
     harness::require_root!();
     let cluster = one_node(ClusterOpts::default());
     let node = cluster.node(0);
     let key = lease_key(&node.subnet());
+    let before = cluster.etcd().get_with_lease(&key).unwrap();
     cluster.etcd().delete(&key);
     let back = try_wait_until(Duration::from_secs(5), || {
         cluster.etcd().get(&key).is_some()
     });
     assert!(back.is_some(), "{}", node.flanneld_log());
-    assert!(
-        node.flanneld_log().contains("was deleted or overwritten"),
-        "{}",
-        node.flanneld_log()
-    );
-    let subnet = node.subnet();
-    assert!(node
-        .flanneld_log()
-        .contains(&format!("was lost; acquired {subnet} again")));
+    let line = "was deleted while our etcd lease lives: writing it back";
+    assert_eq!(node.logged(line), 1, "{}", node.flanneld_log());
     let mac = link_mac(node, "flannel.1");
+    let value = lease_json(&node.ip().to_string(), 1, &mac);
     assert_eq!(
-        cluster.etcd().get(&key).unwrap(),
-        lease_json(&node.ip().to_string(), 1, &mac)
+        cluster.etcd().get_with_lease(&key).unwrap(),
+        (value, before.1),
+        "our value, attached to our etcd lease"
     );
-    assert_eq!(node.metric("flanneld_lease_acquisitions_total"), 2.0);
+    assert_eq!(node.metric("flanneld_lease_acquisitions_total"), 1.0);
+    assert_eq!(node.metric("flanneld_lease_overwrites_total"), 1.0);
 }
 
 #[test]

@@ -2,28 +2,10 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use harness::{ClusterOpts, Node};
-
-/// `flanneld status` run inside `node`, against its files and `etcd`.
-fn status(node: &Node, etcd: &str) -> Output {
-    let subnet_file = node.subnet_file().display().to_string();
-    let ipam = node.dir().join("ipam").display().to_string();
-    let mut cmd = node.netns().cmd(harness::bin_path("flanneld"));
-    cmd.args([
-        "status",
-        "--etcd-endpoints",
-        etcd,
-        "--subnet-file",
-        &subnet_file,
-        "--ipam-dir",
-        &ipam,
-    ]);
-    cmd.output().unwrap()
-}
+use harness::ClusterOpts;
 
 #[test]
 fn status_shows_lease_peers_programming_and_pods() {

@@ -167,6 +167,17 @@ impl Etcd {
         self.wait_healthy();
     }
 
+    /// Starts the stopped server afresh on an empty data dir, as after a
+    /// restore from an empty backup: no keys, no leases, revision 1.
+    pub fn start_wiped(&mut self) {
+        assert!(self.proc.is_none(), "stop etcd before wiping it");
+        let data = self.dir.join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).expect("remove etcd's data dir");
+        }
+        self.start();
+    }
+
     /// Stops the server (SIGTERM); its data stays for [`Etcd::start`].
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -258,8 +258,13 @@ impl Node {
 
     /// Sends SIGTERM to flanneld without waiting (to stop many at once).
     pub fn signal_flanneld(&self) {
+        self.signal_flanneld_with(libc::SIGTERM);
+    }
+
+    /// Sends `sig` to flanneld without waiting.
+    pub fn signal_flanneld_with(&self, sig: libc::c_int) {
         if let Some(p) = &self.flanneld {
-            p.signal(libc::SIGTERM);
+            p.signal(sig);
         }
     }
 

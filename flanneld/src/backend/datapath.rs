@@ -24,6 +24,7 @@ pub enum Op {
 pub trait Datapath {
     fn link(&mut self, name: &str) -> Result<Option<Link>>;
     fn link_by_index(&mut self, index: u32) -> Result<Option<Link>>;
+    fn links(&mut self) -> Result<Vec<Link>>;
     fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<()>;
     fn del_link(&mut self, index: u32) -> Result<()>;
     fn set_up(&mut self, index: u32) -> Result<()>;
@@ -59,6 +60,9 @@ impl Datapath for KernelDatapath {
     }
     fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         self.handle.link_by_index(index)
+    }
+    fn links(&mut self) -> Result<Vec<Link>> {
+        self.handle.links()
     }
     fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<()> {
         self.handle.add_vxlan(spec)

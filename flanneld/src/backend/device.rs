@@ -1,4 +1,5 @@
-//! The `flannel.<VNI>` device: reused when compatible, else recreated.
+//! The `flannel.<VNI>` device: reused when compatible, else recreated; the
+//! device of a VNI the network config no longer has is removed.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -112,4 +113,84 @@ fn ensure_address<D: Datapath>(dp: &mut D, index: u32, want: IpNet) -> Result<()
         dp.add_addr(index, want)?;
     }
     Ok(())
+}
+
+/// Removes the VXLAN devices `flannel.<N>` of another VNI that tunnel from
+/// our local address: ours, left behind when the network's VNI changed
+/// (their routes would otherwise stay too). Another local address, another
+/// name or another kind is someone else's. Returns the names removed.
+pub fn remove_stale<D: Datapath>(dp: &mut D, spec: &DeviceSpec) -> Result<Vec<String>> {
+    let stale: Vec<Link> = (dp.links()?.into_iter())
+        .filter(|l| is_flannel_name(&l.name) && l.name != spec.name())
+        .filter(|l| {
+            l.vxlan
+                .as_ref()
+                .is_some_and(|v| v.local == Some(spec.local))
+        })
+        .collect();
+    for l in &stale {
+        crate::info!(
+            "removing {}: a device of another VNI from our address",
+            l.name
+        );
+        dp.del_link(l.index)?;
+    }
+    Ok(stale.into_iter().map(|l| l.name).collect())
+}
+
+/// `flannel.<N>`, as [`device_name`] makes them.
+fn is_flannel_name(name: &str) -> bool {
+    name.strip_prefix("flannel.")
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|vni| device_name(vni) == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeKernel;
+
+    fn spec(vni: u32) -> DeviceSpec {
+        DeviceSpec {
+            vni,
+            port: 8472,
+            link: 2,
+            local: Ipv4Addr::new(192, 0, 2, 11),
+            mtu: 1450,
+            mac: [2, 0, 0, 0, 0, 1],
+            subnet: "10.244.1.0/24".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn devices_of_another_vni_from_our_address_are_removed() {
+        let mut k = FakeKernel::with_nic("eth0", 2);
+        for vni in [1, 7] {
+            ensure(&mut k, &spec(vni)).unwrap();
+        }
+        // Not ours: another local address, a name flanneld does not make.
+        let other = DeviceSpec {
+            local: Ipv4Addr::new(192, 0, 2, 99),
+            ..spec(9)
+        };
+        ensure(&mut k, &other).unwrap();
+        k.add_vxlan(&VxlanSpec {
+            name: "flannel.03".into(),
+            vni: 3,
+            port: 8472,
+            local: Some(spec(3).local),
+            link: Some(2),
+            mtu: None,
+            mac: None,
+            learning: false,
+        })
+        .unwrap();
+        assert_eq!(remove_stale(&mut k, &spec(7)).unwrap(), ["flannel.1"]);
+        let names: Vec<&str> = k.links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "flannel.7", "flannel.9", "flannel.03"]);
+        assert_eq!(
+            remove_stale(&mut k, &spec(7)).unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -299,6 +299,9 @@ impl Datapath for FakeKernel {
     fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         Ok(self.links.iter().find(|l| l.index == index).cloned())
     }
+    fn links(&mut self) -> Result<Vec<Link>> {
+        Ok(self.links.clone())
+    }
     fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<()> {
         self.next_index += 1;
         self.created += 1;

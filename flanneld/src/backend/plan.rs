@@ -1,5 +1,13 @@
 //! The difference between the peers the leases ask for and what the kernel
 //! has on the VXLAN device, as an ordered list of netlink operations.
+//!
+//! Whatever the reconciler ever programmed on the device is its to remove:
+//! a route through the device with a gateway, or through one of our
+//! nexthops, is ours wherever its destination (a forged lease of an older
+//! version may have routed any prefix there), and goes when no peer wants
+//! it; the kernel's own routes for the device (no gateway) stay. A plan
+//! serves at most one peer per subnet, VTEP MAC and gateway, so applying
+//! it leaves nothing for the next plan to undo.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -121,6 +129,11 @@ pub fn pending(ops: &[Op], peers: &[Peer]) -> HashSet<(Ipv4Net, Entry)> {
 /// another form (a plain one where a nexthop is wanted) is replaced in
 /// place, never deleted first.
 pub fn plan(d: &Desired, a: &Actual) -> Vec<Op> {
+    let peers = servable(d.peers);
+    let d = &Desired {
+        peers: &peers,
+        ..d.clone()
+    };
     let owned: HashMap<u32, &Nexthop> = a
         .nexthops
         .iter()
@@ -140,6 +153,28 @@ pub fn plan(d: &Desired, a: &Actual) -> Vec<Op> {
     ops.extend(stale_neighs(d, a));
     ops.extend(additions(wants, a, &owned));
     ops
+}
+
+/// The peers one datapath can serve at once: of peers that would share a
+/// subnet (one route), a VTEP MAC (one FDB entry) or a gateway (one
+/// neighbour, one nexthop), the first. The lease layer resolves such
+/// conflicts already (the older lease wins); this keeps a pass from
+/// undoing the previous one, and the next, whatever it is given.
+fn servable(peers: &[Peer]) -> Vec<Peer> {
+    let (mut subnets, mut macs, mut gateways) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut out = Vec::with_capacity(peers.len());
+    for p in peers {
+        let taken = subnets.contains(&p.subnet)
+            || macs.contains(&p.vtep_mac)
+            || gateways.contains(&gateway(p));
+        if !taken {
+            subnets.insert(p.subnet);
+            macs.insert(p.vtep_mac);
+            gateways.insert(gateway(p));
+            out.push(*p);
+        }
+    }
+    out
 }
 
 /// Neighbours, then FDB entries, then nexthops, then routes that are
@@ -247,20 +282,23 @@ fn fdb_ops(p: &Peer, have: &[&FdbEntry]) -> Vec<Op> {
     ops
 }
 
-/// Our routes are the ones on the device with a gateway inside the cluster
-/// network, or through one of our nexthops; any such route to a subnet
-/// that is no longer a peer goes.
+/// `proto kernel`: a route the kernel made for an address.
+const PROTO_KERNEL: u8 = 2;
+
+/// Our routes are the ones through the device with a gateway, or through
+/// one of our nexthops, wherever they lead; any such route to a subnet
+/// that is no longer a peer goes. The kernel's own routes for the device
+/// have no gateway (scope link) and are never touched.
 fn stale_routes(d: &Desired, a: &Actual, owned: &HashMap<u32, &Nexthop>) -> Vec<Op> {
     let wanted: HashSet<IpNet> = d.peers.iter().map(|p| IpNet::V4(p.subnet)).collect();
     let ours = |r: &Route| {
-        (r.oif == Some(d.index) && r.gateway.is_some())
-            || r.nhid.is_some_and(|id| owned.contains_key(&id))
+        let through_device = r.oif == Some(d.index) && r.gateway.is_some();
+        let through_ours = r.nhid.is_some_and(|id| owned.contains_key(&id));
+        (through_device || through_ours) && r.protocol != PROTO_KERNEL
     };
     a.routes
         .iter()
-        .filter(|r| ours(r))
-        .filter(|r| matches!(r.dst, IpNet::V4(n) if d.cluster.contains(&n)))
-        .filter(|r| !wanted.contains(&r.dst))
+        .filter(|r| ours(r) && !wanted.contains(&r.dst))
         .map(|r| Op::DelRoute(r.clone()))
         .collect()
 }
@@ -474,6 +512,51 @@ mod tests {
         );
     }
 
+    /// A route through the device with a gateway to `dst`, as an older
+    /// version programmed forged leases.
+    fn hijack(dst: &str) -> Route {
+        Route::new(dst.parse().unwrap())
+            .via("10.244.2.0".parse().unwrap())
+            .dev(DEV)
+            .onlink()
+    }
+
+    #[test]
+    fn our_routes_go_wherever_they_lead_and_the_kernels_stay() {
+        let peers = [peer(2, 2, 12)];
+        let mut actual = programmed(&peers);
+        let hijacked = [
+            "8.8.8.0/24",
+            "128.0.0.0/1",
+            "10.244.1.128/25",
+            "10.99.0.0/16",
+        ];
+        actual.routes.extend(hijacked.iter().map(|d| hijack(d)));
+        // The kernel's route for an address, and a route into the device
+        // without a gateway: not ours.
+        let mut kernel = Route::new("10.244.77.0/24".parse().unwrap()).dev(DEV);
+        kernel.protocol = 2;
+        actual.routes.push(kernel);
+        actual
+            .routes
+            .push(Route::new("10.98.0.0/16".parse().unwrap()).dev(DEV));
+        let ops = plan(&desired(&peers), &actual);
+        let gone: Vec<Op> = hijacked.iter().map(|d| Op::DelRoute(hijack(d))).collect();
+        assert_eq!(ops, gone);
+        // Through one of our nexthops, even outside the network.
+        let mut actual = programmed_nh(&peers);
+        actual
+            .routes
+            .push(Route::new("9.9.9.0/24".parse().unwrap()).nhid(nh_id(&peers[0])));
+        let ops = plan(&desired_nh(&peers), &actual);
+        assert_eq!(
+            ops,
+            [Op::DelRoute(
+                Route::new("9.9.9.0/24".parse().unwrap()).nhid(nh_id(&peers[0]))
+            )]
+        );
+    }
+
     #[test]
     fn changed_mac_or_public_ip_replaces_old_entries() {
         let old = [peer(2, 2, 12)];
@@ -666,24 +749,27 @@ mod tests {
     }
 
     #[test]
-    fn subnets_with_one_gateway_share_one_nexthop() {
+    fn of_peers_sharing_a_gateway_or_mac_only_the_first_is_served() {
         let mut half = peer(2, 5, 15);
         half.subnet = "10.244.2.0/25".parse().unwrap();
-        let peers = [peer(2, 2, 12), half];
+        let twin = peer(4, 2, 14);
+        let peers = [peer(2, 2, 12), half, twin, peer(3, 3, 13)];
         let ops = plan(&desired_nh(&peers), &Actual::default());
-        let nexthops = ops.iter().filter(|o| kind(o) == "nexthop").count();
-        let routes: Vec<_> = ops
+        let routes: Vec<String> = ops
             .iter()
             .filter_map(|o| match o {
-                Op::ReplaceRoute(r) => Some((r.dst.to_string(), r.nhid)),
+                Op::ReplaceRoute(r) => Some(r.dst.to_string()),
                 _ => None,
             })
             .collect();
-        let id = Some(nexthop::ID_BASE + 2 * 256);
-        assert_eq!(nexthops, 1);
+        assert_eq!(routes, ["10.244.2.0/24", "10.244.3.0/24"]);
+        let kinds: Vec<&str> = ops.iter().map(kind).collect();
         assert_eq!(
-            routes,
-            [("10.244.2.0/24".into(), id), ("10.244.2.0/25".into(), id)]
+            kinds,
+            ["neigh", "neigh", "fdb", "fdb", "nexthop", "nexthop", "route", "route"]
         );
+        // Applied, it is what the next plan finds right.
+        let served = [peer(2, 2, 12), peer(3, 3, 13)];
+        assert_eq!(plan(&desired_nh(&peers), &programmed_nh(&served)), vec![]);
     }
 }

@@ -5,7 +5,8 @@
 //! pass: ensure the device, dump neighbours/FDB/nexthops/routes, apply the
 //! difference in one netlink batch. Triggers that arrive during a pass are
 //! coalesced into the next one. Whether the kernel has nexthop objects is
-//! asked once, before the first pass.
+//! asked once, before the first pass. After the first successful pass for
+//! a device, the devices of other VNIs that we left behind are removed.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub struct Reconciler<D> {
     /// Decided by the first successful probe, then kept.
     mode: Option<RouteMode>,
     written: Option<SubnetEnv>,
+    /// The device whose predecessors of other VNIs were removed.
+    swept: Option<DeviceSpec>,
     shared: Arc<Shared>,
     resync: Duration,
 }
@@ -80,6 +83,7 @@ impl<D: Datapath> Reconciler<D> {
             target: None,
             mode: None,
             written: None,
+            swept: None,
             shared,
             resync,
         }
@@ -159,6 +163,7 @@ impl<D: Datapath> Reconciler<D> {
     }
 
     fn after_pass(&mut self, target: &Target, p: &Pass) {
+        self.sweep(&target.device);
         let m = &self.shared.metrics;
         self.shared.device_index.store(p.index, Relaxed);
         Metrics::add(&m.reconcile_ops, p.ops as u64);
@@ -184,6 +189,21 @@ impl<D: Datapath> Reconciler<D> {
                 }
                 Err(e) => crate::error!("{e} (retrying)"),
             }
+        }
+    }
+}
+
+impl<D: Datapath> Reconciler<D> {
+    /// Once per device: removes the devices of other VNIs we left behind.
+    /// Only once, so two daemons for two networks on one node (each with
+    /// its own VNI) would not take turns deleting each other's device.
+    fn sweep(&mut self, spec: &DeviceSpec) {
+        if self.swept.as_ref() == Some(spec) {
+            return;
+        }
+        match device::remove_stale(&mut self.dp, spec) {
+            Ok(_) => self.swept = Some(spec.clone()),
+            Err(e) => crate::warn!("cannot remove old VXLAN devices (retrying): {e}"),
         }
     }
 }

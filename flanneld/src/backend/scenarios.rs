@@ -256,6 +256,7 @@ fn others_entries() -> Vec<Scenario> {
         rewritten_entries(),
         stale_entries(),
         unrelated_entries(),
+        foreign_routes_through_the_device(),
     ]
 }
 
@@ -364,11 +365,6 @@ fn unrelated_entries() -> Scenario {
                 Dev::Nic,
             ))),
             X(Disturb::AddRoute(route("10.244.50.0/24", None, Dev::Nic))),
-            X(Disturb::AddRoute(route(
-                "10.99.0.0/16",
-                Some("10.244.2.0"),
-                Dev::Vxlan,
-            ))),
             X(Disturb::AddNeigh {
                 ip: Ipv4Addr::new(10, 244, 9, 9),
                 mac: [2, 0, 0, 0, 9, 9],
@@ -380,9 +376,45 @@ fn unrelated_entries() -> Scenario {
     s.kept = vec![
         "route 198.51.100.0/24 via 192.0.2.1 dev eth0",
         "route 10.244.50.0/24 dev eth0",
-        "route 10.99.0.0/16 via 10.244.2.0 dev flannel.1 onlink",
         "neigh 10.244.9.9 lladdr 02:00:00:00:09:09",
     ];
+    s
+}
+
+/// Routes through the device with a gateway to prefixes no valid lease
+/// names (what forged leases made an older version program: a public
+/// prefix, half the Internet, part of our own subnet, a prefix beside the
+/// network): ours, removed wherever they lead. A route into the device
+/// without a gateway (the kind the kernel makes for an address, or an
+/// administrator with `ip route add … dev flannel.1`) stays.
+fn foreign_routes_through_the_device() -> Scenario {
+    use Step::{Disturb as X, Reconcile as R};
+    let via_peer = |dst: &str| {
+        X(Disturb::AddRoute(ExtraRoute {
+            dst: dst.parse().expect("valid"),
+            ..ExtraRoute::flannel(&peer(2))
+        }))
+    };
+    let mut s = scenario(
+        "routes through the device anywhere are removed",
+        vec![
+            R(peers(&[2])),
+            via_peer("8.8.8.0/24"),
+            via_peer("128.0.0.0/1"),
+            via_peer("10.244.1.128/25"),
+            via_peer("10.99.0.0/16"),
+            X(Disturb::AddRoute(ExtraRoute {
+                dst: "10.98.0.0/16".parse().expect("valid"),
+                via: None,
+                dev: Dev::Vxlan,
+                onlink: false,
+                metric: None,
+                src: None,
+            })),
+            R(peers(&[2])),
+        ],
+    );
+    s.kept = vec!["route 10.98.0.0/16 dev flannel.1"];
     s
 }
 

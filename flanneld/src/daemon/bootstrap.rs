@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use flannel_netlink::{Handle, Mac};
+use ipnet::{IpNet, Ipv4Net};
 use subnet_env::SubnetEnv;
 use tokio::time::{sleep, Instant};
 
@@ -19,8 +20,8 @@ use crate::config::NetworkConfig;
 use crate::iface::{self, ExtIface};
 use crate::lease::etcd::{EtcdOptions, EtcdStore};
 use crate::lease::{
-    acquire, config_key, subnets_prefix, LeaseAttrs, LeaseError, LeaseRequest, LeaseStore,
-    OwnLease, StoreError, SystemClock, VxlanData,
+    acquire, config_key, find_own, mac_problem, subnets_prefix, LeaseAttrs, LeaseError,
+    LeaseRequest, LeaseStore, OwnLease, StoreError, SystemClock, VxlanData,
 };
 use crate::{info, warn};
 
@@ -70,7 +71,10 @@ pub(super) async fn bootstrap(
         warn!("Backend.DirectRouting is not supported: every peer is reached through VXLAN");
     }
     let prefix = &opts.etcd_prefix;
-    let vtep_mac = choose_mac(&mut handle, &store, prefix, &config, &ext, public_ip).await;
+    let device = probe(&config, &ext);
+    let previous = previous_subnet(&mut handle, &opts.subnet_file, &device, &config);
+    let own = (public_ip, previous);
+    let vtep_mac = choose_mac(&mut handle, &store, prefix, &device, own).await;
     let attrs = LeaseAttrs::vxlan(
         public_ip,
         VxlanData {
@@ -78,9 +82,6 @@ pub(super) async fn bootstrap(
             vtep_mac,
         },
     );
-    let previous = SubnetEnv::read(&opts.subnet_file)
-        .ok()
-        .map(|e| e.node_subnet());
     let req = LeaseRequest {
         prefix,
         config: &config,
@@ -139,17 +140,9 @@ async fn wait_config(
     }
 }
 
-/// The VTEP MAC: the existing device's (nothing changes on a restart),
-/// else the one our lease already publishes, else a new random one.
-async fn choose_mac(
-    h: &mut Handle,
-    store: &impl LeaseStore,
-    prefix: &str,
-    config: &NetworkConfig,
-    ext: &ExtIface,
-    public_ip: std::net::Ipv4Addr,
-) -> Mac {
-    let probe = DeviceSpec {
+/// Our device as it would be now, to recognise an existing one.
+fn probe(config: &NetworkConfig, ext: &ExtIface) -> DeviceSpec {
+    DeviceSpec {
         vni: config.backend.vni,
         port: config.backend.port,
         link: ext.index,
@@ -157,9 +150,44 @@ async fn choose_mac(
         mtu: 0,
         mac: [0; 6],
         subnet: config.network,
-    };
-    if let Ok(Some(link)) = h.link(&probe.name()) {
-        if let (true, Some(mac)) = (probe.accepts(&link), link.mac) {
+    }
+}
+
+/// The subnet this node had: subnet.env's (what the local pods got their
+/// addresses from), else the one our existing VXLAN device carries.
+fn previous_subnet(
+    h: &mut Handle,
+    subnet_file: &std::path::Path,
+    device: &DeviceSpec,
+    config: &NetworkConfig,
+) -> Option<Ipv4Net> {
+    if let Ok(env) = SubnetEnv::read(subnet_file) {
+        return Some(env.node_subnet());
+    }
+    let link = h.link(&device.name()).ok().flatten()?;
+    let addrs = h.addrs(Some(link.index)).ok()?;
+    addrs.iter().find_map(|a| match a.net {
+        IpNet::V4(n) if n.prefix_len() == 32 && config.network.contains(&n.addr()) => {
+            Ipv4Net::new(n.addr(), config.subnet_len)
+                .ok()
+                .map(|s| s.trunc())
+        }
+        _ => None,
+    })
+}
+
+/// The VTEP MAC: the existing device's (nothing changes on a restart),
+/// else the one our lease already publishes (if a device could have it),
+/// else a new random one.
+async fn choose_mac(
+    h: &mut Handle,
+    store: &impl LeaseStore,
+    prefix: &str,
+    device: &DeviceSpec,
+    (public_ip, previous): (std::net::Ipv4Addr, Option<Ipv4Net>),
+) -> Mac {
+    if let Ok(Some(link)) = h.link(&device.name()) {
+        if let (true, Some(mac)) = (device.accepts(&link), link.mac) {
             return mac;
         }
     }
@@ -167,12 +195,15 @@ async fn choose_mac(
         .list(&subnets_prefix(prefix))
         .await
         .unwrap_or_default();
-    let from_lease = listing.records.iter().find_map(|r| {
-        let attrs: LeaseAttrs = serde_json::from_slice(&r.value).ok()?;
-        let data = attrs.vxlan_data().ok()?;
-        (attrs.public_ip == public_ip && data.vni == config.backend.vni).then_some(data.vtep_mac)
-    });
-    from_lease.unwrap_or_else(crate::util::random_mac)
+    let from_lease = find_own(&listing.records, public_ip, previous)
+        .0
+        .and_then(|(r, _)| {
+            let attrs: LeaseAttrs = serde_json::from_slice(&r.value).ok()?;
+            let data = attrs.vxlan_data().ok()?;
+            (data.vni == device.vni).then_some(data.vtep_mac)
+        });
+    let usable = from_lease.filter(|mac| mac_problem(mac, None).is_none());
+    usable.unwrap_or_else(crate::util::random_mac)
 }
 
 /// Acquires a lease, waiting out an unreachable etcd; other failures

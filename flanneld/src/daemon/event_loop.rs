@@ -1,8 +1,16 @@
 //! The loop that keeps our lease and the peer set: watch, renewal, and
-//! the repairs (re-list, re-acquire) that must happen before the watch can
-//! go on. It works on any [`LeaseStore`] and [`Clock`], and talks to the
-//! reconciler and firewall threads only through their channels, so a test
-//! drives it with the in-memory store and tokio's paused clock.
+//! the repairs (re-list, re-assert or re-acquire our lease) that must
+//! happen before the watch can go on. It works on any [`LeaseStore`] and
+//! [`Clock`], and talks to the reconciler and firewall threads only
+//! through their channels, so a test drives it with the in-memory store
+//! and tokio's paused clock.
+//!
+//! It watches everything under `<prefix>/`: the leases, and the network
+//! config, whose changes are reported but not applied. Nothing it reads
+//! is trusted: leases are judged by [`PeerSet`], a change to our own key
+//! is answered by writing ours back while our etcd lease lives, and a
+//! store that answers from an older revision or another cluster (wiped,
+//! restored from a backup) makes it start over: re-acquire, re-list.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -19,9 +27,10 @@ use crate::backend::{DeviceSpec, Shared, Update};
 use crate::cli::Options;
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
+use crate::lease::Rules as PeerRules;
 use crate::lease::{
-    subnets_prefix, Clock, LeaseAttrs, LeaseStore, OwnLease, PeerSet, StoreError, WatchItem,
-    WatchStream,
+    config_key, subnets_prefix, watch_prefix, Clock, Header, LeaseAttrs, LeaseStore, Own, OwnLease,
+    PeerSet, StoreError, WatchItem, WatchStream,
 };
 use crate::masq::{FirewallUpdate, Rules};
 use crate::metrics::Metrics;
@@ -31,6 +40,10 @@ pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// flannel retries a failed renewal after a minute.
 pub(super) const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// Our key rewritten again this soon after we wrote it back means someone
+/// keeps writing it: the next write-back waits, longer each time.
+pub(super) const FIGHT_WINDOW: Duration = Duration::from_secs(30);
+pub(super) const FIGHT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What the loop needs of the command line.
 #[derive(Debug, Clone)]
@@ -70,6 +83,34 @@ pub struct Boot {
     pub own: OwnLease,
 }
 
+impl Boot {
+    /// What a peer's lease must fit, given our lease.
+    pub fn rules(&self) -> PeerRules {
+        let mac = self
+            .attrs
+            .vxlan_data()
+            .map(|d| d.vtep_mac)
+            .unwrap_or_default();
+        let own = Own {
+            key: self.own.key.clone(),
+            subnet: self.own.subnet,
+            public_ip: self.attrs.public_ip,
+            vtep_mac: mac,
+        };
+        PeerRules::new(&self.config, Some(own))
+    }
+}
+
+/// The keys the loop reads, from `--etcd-prefix`.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    /// `<prefix>/`: what is watched.
+    pub watch: String,
+    /// `<prefix>/subnets/`: the leases.
+    pub subnets: String,
+    /// `<prefix>/config`.
+    pub config: String,
+}
 /// Where the loop sends its results.
 #[derive(Debug, Clone)]
 pub struct Channels {
@@ -83,10 +124,20 @@ pub struct Daemon<S: LeaseStore, C: Clock> {
     pub(super) store: S,
     pub(super) clock: C,
     pub(super) shared: Arc<Shared>,
+    pub(super) keys: Keys,
     pub(super) peers: PeerSet,
-    /// Last store revision seen: the watch resumes after it.
+    /// Every change up to this store revision has been seen: the watch
+    /// resumes after it. A store answering from before it was reset.
     pub(super) revision: i64,
+    /// The cluster that answered the last listing.
+    pub(super) cluster_id: Option<u64>,
+    /// The network config value last seen, and whether it differs from
+    /// the running one (see `config_watch`).
+    pub(super) config_seen: Option<Option<Vec<u8>>>,
+    pub(super) config_differs: bool,
     pub(super) watch: Option<S::Watch>,
+    /// The watch broke since it was last opened.
+    pub(super) watch_broke: bool,
     pub(super) watch_retry: Option<Instant>,
     pub(super) watch_backoff: Backoff,
     pub(super) renew_retry: Option<Instant>,
@@ -95,6 +146,10 @@ pub struct Daemon<S: LeaseStore, C: Clock> {
     pub(super) repair: Option<Repair>,
     pub(super) repair_at: Option<Instant>,
     pub(super) repair_backoff: Backoff,
+    /// When our key was last written back, and the delay before the next
+    /// write-back if someone keeps overwriting it.
+    pub(super) last_reassert: Option<Instant>,
+    pub(super) reassert_backoff: Backoff,
 }
 
 /// What must happen before watching again.
@@ -102,7 +157,10 @@ pub struct Daemon<S: LeaseStore, C: Clock> {
 pub(super) enum Repair {
     /// Rebuild the peer set from a full listing (start, compaction).
     Relist,
-    /// Our lease is gone: take one again, then re-list.
+    /// Our key was changed or deleted by someone else: write ours back
+    /// while our etcd lease lives, else re-acquire.
+    Reassert,
+    /// Our etcd lease is gone: take one again, then re-list.
     Reacquire,
 }
 
@@ -115,18 +173,27 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
         shared: Arc<Shared>,
         channels: Channels,
     ) -> Self {
-        let mut peers = PeerSet::new(boot.config.backend.vni);
-        peers.set_own(boot.own.subnet);
+        let peers = PeerSet::new(boot.rules());
         Metrics::add(&shared.metrics.lease_acquisitions, 1);
+        let keys = Keys {
+            watch: watch_prefix(&settings.prefix),
+            subnets: subnets_prefix(&settings.prefix),
+            config: config_key(&settings.prefix),
+        };
         Daemon {
             settings,
             boot,
             store,
             clock,
             shared,
+            keys,
             peers,
             revision: 0,
+            cluster_id: None,
+            config_seen: None,
+            config_differs: false,
             watch: None,
+            watch_broke: false,
             watch_retry: None,
             watch_backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             renew_retry: None,
@@ -134,6 +201,8 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
             repair: Some(Repair::Relist),
             repair_at: None,
             repair_backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            last_reassert: None,
+            reassert_backoff: Backoff::new(BACKOFF_MIN, FIGHT_BACKOFF_MAX),
         }
     }
 
@@ -157,12 +226,12 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
             }
             let renew_at = self.renew_at();
             let retry_at = self.watch_retry;
-            let prefix = subnets_prefix(&self.settings.prefix);
+            let prefix = self.keys.watch.clone();
             let from = self.revision + 1;
             tokio::select! {
                 _ = &mut stop => return,
-                item = next_item(&self.store, &prefix, &mut self.watch, retry_at, from) => {
-                    self.on_watch(item)
+                next = next_item(&self.store, &prefix, &mut self.watch, retry_at, from) => {
+                    self.on_watch(next)
                 }
                 _ = sleep_until(renew_at) => self.on_renew().await,
             }
@@ -220,6 +289,14 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
     }
 }
 
+/// What the watch gave.
+#[derive(Debug)]
+pub(super) enum Next {
+    /// The watch was (re)opened; where the store is now.
+    Opened(Header),
+    Item(WatchItem),
+}
+
 /// The next watch response, (re)opening the watch after `retry_at`.
 async fn next_item<S: LeaseStore>(
     store: &S,
@@ -227,12 +304,14 @@ async fn next_item<S: LeaseStore>(
     watch: &mut Option<S::Watch>,
     retry_at: Option<Instant>,
     from: i64,
-) -> Result<WatchItem, StoreError> {
-    if watch.is_none() {
+) -> Result<Next, StoreError> {
+    let Some(w) = watch else {
         if let Some(t) = retry_at {
             sleep_until(t).await;
         }
-        *watch = Some(store.watch(prefix, from).await?);
-    }
-    watch.as_mut().expect("set above").next().await
+        let (w, header) = store.watch(prefix, from).await?;
+        *watch = Some(w);
+        return Ok(Next::Opened(header));
+    };
+    w.next().await.map(Next::Item)
 }

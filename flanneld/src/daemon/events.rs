@@ -1,31 +1,30 @@
-//! The loop's reactions: watch responses, compaction, a lost lease,
-//! renewal, leaving.
+//! The loop's reactions: watch responses, compaction, repairs, renewal,
+//! leaving. Our own lease's repairs are in `own_lease`, the network
+//! config's changes in `config_watch`.
 
 use tokio::time::{sleep_until, Instant};
 
-use super::event_loop::{Daemon, Repair, RENEW_RETRY};
+use super::event_loop::{Daemon, Next, Repair, RENEW_RETRY};
 use crate::backend::Update;
 use crate::lease::{
-    acquire, renew, subnets_prefix, Clock, Event, EventKind, LeaseError, LeaseRequest, LeaseStore,
-    Listing, Renewal, StoreError, WatchItem,
+    renew, Clock, Event, EventKind, LeaseStore, Listing, Note, Renewal, SkipReason, StoreError,
+    WatchItem,
 };
 use crate::masq::FirewallUpdate;
 use crate::metrics::Metrics;
-use crate::{debug, error, info, warn};
+use crate::{error, info, warn};
 
 impl<S: LeaseStore, C: Clock> Daemon<S, C> {
-    pub(super) fn on_watch(&mut self, item: Result<WatchItem, StoreError>) {
-        match item {
-            Ok(WatchItem::Events { revision, events }) => {
+    pub(super) fn on_watch(&mut self, next: Result<Next, StoreError>) {
+        match next {
+            Ok(Next::Opened(header)) => self.on_opened(header),
+            Ok(Next::Item(WatchItem::Events { revision, events })) => {
                 self.watch_backoff.reset();
                 self.watch_retry = None;
-                let changed = self.apply_events(&events);
+                self.apply_events(&events);
                 self.revision = self.revision.max(revision);
-                if changed {
-                    self.push_target();
-                }
             }
-            Ok(WatchItem::Compacted { revision }) => {
+            Ok(Next::Item(WatchItem::Compacted { revision })) => {
                 warn!("watch fell behind etcd compaction (revision {revision}): re-listing leases");
                 self.watch = None;
                 self.repair = Some(Repair::Relist);
@@ -38,64 +37,73 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
                 );
                 Metrics::add(&self.shared.metrics.watch_restarts, 1);
                 self.watch = None;
+                self.watch_broke = true;
                 self.watch_retry = Some(Instant::now() + delay);
             }
         }
     }
 
-    /// Applies every event of one response. Returns whether peers changed.
-    fn apply_events(&mut self, events: &[Event]) -> bool {
-        let mut changed = false;
-        let mut lost = false;
+    /// Applies every event of one response, then sends the peers once if
+    /// they changed.
+    fn apply_events(&mut self, events: &[Event]) {
+        let mut own_changed = false;
         for ev in events {
-            if ev.key == self.boot.own.key {
-                lost |= ev.kind == EventKind::Delete || !self.is_ours(&ev.value);
-                continue;
-            }
-            changed |= match ev.kind {
-                EventKind::Put => self.upsert(&ev.key, &ev.value),
-                EventKind::Delete => self.peers.remove(&ev.key),
-            };
-        }
-        if lost {
-            warn!("lease {} was deleted or overwritten", self.boot.own.subnet);
-            self.watch = None;
-            self.repair = Some(Repair::Reacquire);
-            return false;
-        }
-        changed
-    }
-
-    /// Whether `value` is what our lease publishes.
-    fn is_ours(&self, value: &[u8]) -> bool {
-        value == self.boot.own.attrs.to_json().as_bytes()
-    }
-
-    fn upsert(&mut self, key: &str, value: &[u8]) -> bool {
-        match self.peers.upsert(key, value) {
-            Ok(changed) => {
-                if changed {
-                    debug!("peer lease {key} updated");
+            let value = (ev.kind == EventKind::Put).then_some(&ev.value[..]);
+            if ev.key == self.keys.config {
+                self.on_config(value);
+            } else if ev.key == self.boot.own.key {
+                own_changed |= !value.is_some_and(|v| self.is_ours(v, ev.lease));
+            } else if ev.key.starts_with(&self.keys.subnets) {
+                match value {
+                    Some(v) => self.peers.put(&ev.key, v, ev.create_revision),
+                    None => self.peers.delete(&ev.key),
                 }
-                changed
             }
-            Err((why, dropped)) => {
-                warn!("skipping lease {key}: {why}");
-                Metrics::add(&self.shared.metrics.leases_skipped, 1);
-                dropped
-            }
+        }
+        if self.settle_peers() {
+            self.push_target();
+        }
+        if own_changed {
+            self.schedule_reassert();
         }
     }
 
-    /// One attempt at a pending repair, after its backoff delay. Each
-    /// attempt is a few bounded store calls, and the caller drops it when
-    /// asked to stop.
+    /// Whether `value` attached to etcd lease `lease` is what our lease is.
+    pub(super) fn is_ours(&self, value: &[u8], lease: i64) -> bool {
+        lease == self.boot.own.lease_id && value == self.boot.own.attrs.to_json().as_bytes()
+    }
+
+    /// Resolves the peer set, logs and counts every changed verdict (once
+    /// per change: a replayed event or a re-listing logs nothing new).
+    /// Returns whether the peers changed.
+    pub(super) fn settle_peers(&mut self) -> bool {
+        let settled = self.peers.settle();
+        let m = &self.shared.metrics;
+        for note in &settled.notes {
+            match note {
+                Note::Skipped { key, reason } => {
+                    warn!("skipping lease {key}: {reason}");
+                    Metrics::add(&m.leases_skipped, 1);
+                    if matches!(reason, SkipReason::Conflict { .. }) {
+                        Metrics::add(&m.lease_conflicts, 1);
+                    }
+                }
+                Note::Used { key } => info!("lease {key} is usable now: a peer"),
+            }
+        }
+        Metrics::set(&m.skipped_leases, self.peers.skipped_count() as i64);
+        settled.changed
+    }
+
+    /// One attempt at a pending repair, after its delay. Each attempt is a
+    /// few bounded store calls, and the caller drops it when asked to stop.
     pub(super) async fn repair_step(&mut self, repair: Repair) {
         if let Some(t) = self.repair_at {
             sleep_until(t).await;
         }
         let result = match repair {
             Repair::Relist => self.relist().await,
+            Repair::Reassert => self.reassert().await,
             Repair::Reacquire => self.reacquire().await,
         };
         match result {
@@ -112,25 +120,20 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
         }
     }
 
-    /// Replaces the peer set with a fresh listing; the watch restarts after
-    /// it. Asks for a re-acquisition when our own lease is missing or no
-    /// longer ours: the watch resumes after the listing, so it would never
-    /// show the change.
+    /// Replaces the peer set with a fresh listing (and reads the network
+    /// config again); the watch restarts after it. Asks for our key to be
+    /// written back when it is missing or not ours: the watch resumes
+    /// after the listing, so it would never show the change.
     async fn relist(&mut self) -> Result<Option<Repair>, String> {
-        let prefix = subnets_prefix(&self.settings.prefix);
-        let listing =
-            (self.store.list(&prefix).await).map_err(|e| format!("cannot list leases: {e}"))?;
-        if !self.holds_own(&listing) {
-            warn!(
-                "lease {} is missing or overwritten in the listing",
-                self.boot.own.subnet
-            );
-            return Ok(Some(Repair::Reacquire));
+        let listing = (self.store.list(&self.keys.subnets).await)
+            .map_err(|e| format!("cannot list leases: {e}"))?;
+        if let Some(why) = self.reset_by(listing.header()) {
+            return Ok(Some(self.start_over(&why)));
         }
-        for (key, why) in self.peers.reset(&listing.records) {
-            warn!("skipping lease {key}: {why}");
-            Metrics::add(&self.shared.metrics.leases_skipped, 1);
-        }
+        self.cluster_id = Some(listing.cluster_id).filter(|id| *id != 0);
+        self.read_config().await;
+        self.peers.reset(&listing.records);
+        self.settle_peers();
         self.revision = listing.revision;
         self.watch = None;
         info!(
@@ -141,42 +144,22 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
         self.push_target();
         self.publish_expiry();
         crate::util::trim_heap();
-        Ok(None)
+        Ok((!self.holds_own(&listing)).then_some(Repair::Reassert))
     }
 
     fn holds_own(&self, listing: &Listing) -> bool {
         let own = &self.boot.own.key;
-        (listing.records.iter()).any(|r| &r.key == own && self.is_ours(&r.value))
+        (listing.records.iter()).any(|r| &r.key == own && self.is_ours(&r.value, r.lease))
     }
 
-    /// Our lease was deleted, overwritten or expired: take one again
-    /// (preferably the same subnet) and carry on, where flannel would exit.
-    async fn reacquire(&mut self) -> Result<Option<Repair>, String> {
-        let old = self.boot.own.subnet;
-        let req = LeaseRequest {
-            prefix: &self.settings.prefix,
-            config: &self.boot.config,
-            attrs: self.boot.attrs.clone(),
-            previous: Some(old),
-        };
-        let own = match acquire(&self.store, &self.clock, &req).await {
-            Ok(own) => own,
-            Err(e @ LeaseError::Store(_)) => {
-                return Err(format!("cannot re-acquire a lease yet: {e}"))
-            }
-            Err(e) => {
-                error!("cannot re-acquire a lease: {e}");
-                return Err(e.to_string());
-            }
-        };
-        warn!("lease {old} was lost; acquired {} again", own.subnet);
-        Metrics::add(&self.shared.metrics.lease_acquisitions, 1);
-        self.boot.own = own;
-        self.peers.set_own(self.boot.own.subnet);
-        self.renew_retry = None;
-        self.push_firewall();
-        // Another node may hold our old subnet now: rebuild from a listing.
-        Ok(Some(Repair::Relist))
+    /// Reads the network config for a listing: a change in it may be
+    /// behind a compaction. Not reading it is no reason to fail the
+    /// listing; the next one or the watch will tell.
+    async fn read_config(&mut self) {
+        match self.store.get(&self.keys.config).await {
+            Ok(record) => self.on_config(record.as_ref().map(|r| &r.value[..])),
+            Err(e) => warn!("cannot read the network config {}: {e}", self.keys.config),
+        }
     }
 
     pub(super) async fn on_renew(&mut self) {
@@ -211,7 +194,7 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
         }
     }
 
-    fn publish_expiry(&self) {
+    pub(super) fn publish_expiry(&self) {
         let secs = (self.boot.own.expires)
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs() as i64);

@@ -8,8 +8,12 @@
 //!   and the [`crate::lease::Clock`]; it gets the bootstrap's results as
 //!   values and reaches the threads only through their channels.
 //! - `events`: its reactions (watch responses, repairs, renewal, leaving).
+//! - `own_lease`: our lease against what others write to etcd (write-back,
+//!   re-acquisition, a wiped or restored store).
+//! - `config_watch`: changes of the network config, reported, not applied.
 //! - `backoff`: retry delays, one per kind of retry.
-//! - `tests`: the loop on the in-memory store and tokio's paused clock.
+//! - `tests`, `untrusted_tests`: the loop on the in-memory store and
+//!   tokio's paused clock; the second with what others may write to etcd.
 //! - this module: the process (signals, HTTP, threads, shutdown order).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -29,10 +33,14 @@ use crate::{error, info, warn};
 
 mod backoff;
 mod bootstrap;
+mod config_watch;
 mod event_loop;
 mod events;
+mod own_lease;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod untrusted_tests;
 
 pub use backoff::Backoff;
 pub use bootstrap::etcd_options;
@@ -46,21 +54,34 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     rt.block_on(start(opts))
 }
 
-/// SIGTERM and SIGINT, as one stream.
-struct Signals(Signal, Signal);
+/// SIGTERM and SIGINT, as one stream; SIGHUP, caught so that it does not
+/// kill the daemon (its default action), is logged and ignored.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
 
 impl Signals {
     fn new() -> anyhow::Result<Self> {
-        Ok(Signals(
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
+    /// Returns on SIGTERM or SIGINT.
     async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.0.recv() => {}
-            _ = self.1.recv() => {}
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => info!(
+                    "SIGHUP ignored: flanneld has nothing to reload (a new network config \
+                     needs a restart of flanneld on every node)"
+                ),
+            }
         }
     }
 }

@@ -23,22 +23,22 @@ use crate::lease::{acquire, Clock, LeaseAttrs, LeaseRequest, LeaseStore, VxlanDa
 use crate::masq::{FirewallUpdate, Rules};
 use crate::metrics::Metrics;
 
-const PREFIX: &str = "/coreos.com/network";
-const OWN: &str = "10.244.1.0/24";
-const MARGIN: Duration = Duration::from_secs(3600);
-const HOUR: Duration = Duration::from_secs(3600);
+pub(super) const PREFIX: &str = "/coreos.com/network";
+pub(super) const OWN: &str = "10.244.1.0/24";
+pub(super) const MARGIN: Duration = Duration::from_secs(3600);
+pub(super) const HOUR: Duration = Duration::from_secs(3600);
 
-type TestDaemon = Daemon<MemStore, Rc<TokioClock>>;
+pub(super) type TestDaemon = Daemon<MemStore, Rc<TokioClock>>;
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn key(subnet: &str) -> String {
+pub(super) fn key(subnet: &str) -> String {
     format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
 }
 
-fn attrs(ip: &str, mac_last: u8) -> LeaseAttrs {
+pub(super) fn attrs(ip: &str, mac_last: u8) -> LeaseAttrs {
     LeaseAttrs::vxlan(
         ip.parse().unwrap(),
         VxlanData {
@@ -48,40 +48,52 @@ fn attrs(ip: &str, mac_last: u8) -> LeaseAttrs {
     )
 }
 
-fn ours() -> LeaseAttrs {
+pub(super) fn ours() -> LeaseAttrs {
     attrs("192.0.2.11", 1)
 }
 
 /// Peer `n`: subnet 10.244.N.0/24, public IP 192.0.2.(100+N).
-fn peer_subnet(n: u8) -> String {
+pub(super) fn peer_subnet(n: u8) -> String {
     format!("10.244.{n}.0/24")
 }
 
-fn put_peer(store: &MemStore, n: u8) {
+pub(super) fn put_peer(store: &MemStore, n: u8) {
     let value = attrs(&format!("192.0.2.{}", 100 + n), n).to_json();
     store.insert(&key(&peer_subnet(n)), &value);
 }
 
-fn config() -> NetworkConfig {
-    NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap()
+pub(super) const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+pub(super) fn config() -> NetworkConfig {
+    NetworkConfig::parse(CONFIG).unwrap()
 }
 
 /// The loop's surroundings: the store (reading the same clock as the
 /// daemon), the other end of its channels.
-struct Rig {
-    store: MemStore,
-    shared: Arc<Shared>,
+pub(super) struct Rig {
+    pub(super) store: MemStore,
+    pub(super) shared: Arc<Shared>,
     targets: Receiver<Update>,
     rules: Receiver<FirewallUpdate>,
     /// The clock's time when the rig was made.
-    t0: SystemTime,
+    pub(super) t0: SystemTime,
 }
 
 /// A daemon that took `OWN` (as bootstrap would), with peers `peers`.
-async fn rig(peers: &[u8]) -> (Rig, TestDaemon) {
+pub(super) async fn rig(peers: &[u8]) -> (Rig, TestDaemon) {
+    rig_with(peers, false).await
+}
+
+/// Like [`rig`]; with `reserved`, `OWN` is a permanent reservation for us
+/// (a key without an etcd lease), which the daemon takes.
+pub(super) async fn rig_with(peers: &[u8], reserved: bool) -> (Rig, TestDaemon) {
     let clock = TokioClock::new();
     let t0 = clock.now();
     let store = MemStore::new(clock.clone());
+    store.insert(&crate::lease::config_key(PREFIX), CONFIG);
+    if reserved {
+        store.insert(&key(OWN), &ours().to_json());
+    }
     peers.iter().for_each(|n| put_peer(&store, *n));
     let config = config();
     let req = LeaseRequest {
@@ -138,7 +150,7 @@ async fn rig(peers: &[u8]) -> (Rig, TestDaemon) {
 }
 
 /// Runs the loop while `script` runs; returns what `script` returns.
-async fn during<T>(d: &mut TestDaemon, script: impl Future<Output = T>) -> T {
+pub(super) async fn during<T>(d: &mut TestDaemon, script: impl Future<Output = T>) -> T {
     tokio::select! {
         biased;
         out = script => out,
@@ -148,7 +160,7 @@ async fn during<T>(d: &mut TestDaemon, script: impl Future<Output = T>) -> T {
 
 impl Rig {
     /// The targets sent since the last call.
-    fn targets(&self) -> Vec<Target> {
+    pub(super) fn targets(&self) -> Vec<Target> {
         let updates = self.targets.try_iter();
         (updates.filter_map(|u| match u {
             Update::Target(t) => Some(*t),
@@ -158,12 +170,12 @@ impl Rig {
     }
 
     /// The peer subnets of the last target sent since the last call.
-    fn last_peers(&self) -> Option<Vec<String>> {
+    pub(super) fn last_peers(&self) -> Option<Vec<String>> {
         let t = self.targets().pop()?;
         Some(t.peers.iter().map(|p| p.subnet.to_string()).collect())
     }
 
-    fn rules(&self) -> Vec<Rules> {
+    pub(super) fn rules(&self) -> Vec<Rules> {
         let updates = self.rules.try_iter();
         (updates.filter_map(|u| match u {
             FirewallUpdate::Rules(r) => Some(r),
@@ -173,28 +185,28 @@ impl Rig {
     }
 
     /// Forgets what was sent so far.
-    fn drain(&self) {
+    pub(super) fn drain(&self) {
         self.targets();
         self.rules();
     }
 
-    fn metric(&self, f: impl Fn(&Metrics) -> &Counter) -> u64 {
+    pub(super) fn metric(&self, f: impl Fn(&Metrics) -> &Counter) -> u64 {
         f(&self.shared.metrics).get()
     }
 
     /// Our key's value and lease id in the store.
-    fn own_record(&self) -> Option<(String, i64)> {
+    pub(super) fn own_record(&self) -> Option<(String, i64)> {
         self.store.dump().get(&key(OWN)).cloned()
     }
 
     /// When the calls `call` were made, from the rig's making.
-    fn call_times(&self, call: &str) -> Vec<Duration> {
+    pub(super) fn call_times(&self, call: &str) -> Vec<Duration> {
         let calls = self.store.calls(call).into_iter();
         calls.map(|t| t.duration_since(self.t0).unwrap()).collect()
     }
 }
 
-fn subnets(ns: &[u8]) -> Vec<String> {
+pub(super) fn subnets(ns: &[u8]) -> Vec<String> {
     ns.iter().map(|n| peer_subnet(*n)).collect()
 }
 
@@ -348,93 +360,6 @@ async fn compaction_relists_and_converges() {
         assert_eq!(rig.last_peers(), Some(subnets(&[3, 4, 5])));
     })
     .await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn deleted_own_lease_is_taken_again_with_the_same_subnet() {
-    let (rig, mut d) = rig(&[2]).await;
-    during(&mut d, async {
-        sleep(ms(10)).await;
-        rig.drain();
-        rig.store.remove(&key(OWN));
-        sleep(ms(10)).await;
-    })
-    .await;
-    assert_eq!(d.own().subnet.to_string(), OWN);
-    let (value, lease) = rig.own_record().expect("taken again");
-    assert_eq!((value, lease != 0), (ours().to_json(), true));
-    assert_eq!(d.own().lease_id, lease);
-    let t = rig.targets().pop().expect("a target after the re-listing");
-    assert_eq!(t.device.subnet.to_string(), OWN);
-    assert_eq!(t.peers.len(), 1);
-    assert_eq!(rig.rules()[0].subnet.to_string(), OWN);
-    assert_eq!(rig.metric(|m| &m.lease_acquisitions), 2);
-}
-
-#[tokio::test(start_paused = true)]
-async fn own_lease_overwritten_by_another_node_is_left_to_it() {
-    let (rig, mut d) = rig(&[2]).await;
-    let theirs = attrs("192.0.2.77", 0x77).to_json();
-    during(&mut d, async {
-        sleep(ms(10)).await;
-        rig.drain();
-        rig.store.insert(&key(OWN), &theirs);
-        sleep(ms(10)).await;
-    })
-    .await;
-    // The writer keeps the subnet (it may have taken it after ours
-    // expired); we take another and see the writer as a peer.
-    let new = d.own().subnet;
-    assert_ne!(new.to_string(), OWN);
-    assert_eq!(rig.own_record(), Some((theirs, 0)));
-    let (value, _) = rig.store.dump()[&key(&new.to_string())].clone();
-    assert_eq!(value, ours().to_json());
-    let t = rig.targets().pop().unwrap();
-    assert_eq!(t.device.subnet, new);
-    let peers: Vec<String> = t.peers.iter().map(|p| p.subnet.to_string()).collect();
-    assert_eq!(peers, [OWN.to_string(), peer_subnet(2)]);
-    assert_eq!(rig.rules()[0].subnet, new);
-}
-
-#[tokio::test(start_paused = true)]
-async fn own_lease_rewritten_without_an_etcd_lease_becomes_our_reservation() {
-    let (rig, mut d) = rig(&[2]).await;
-    during(&mut d, async {
-        sleep(ms(10)).await;
-        // Our public IP, another MAC, no etcd lease: a reservation for us.
-        rig.store
-            .insert(&key(OWN), &attrs("192.0.2.11", 0x55).to_json());
-        sleep(ms(10)).await;
-    })
-    .await;
-    assert_eq!(
-        (d.own().subnet.to_string(), d.own().expires),
-        (OWN.into(), None)
-    );
-    assert_eq!(rig.own_record(), Some((ours().to_json(), 0)));
-    assert_eq!(rig.metric(|m| &m.lease_acquisitions), 2);
-    // Nothing to renew any more.
-    during(&mut d, sleep(48 * HOUR)).await;
-    assert_eq!(rig.store.calls("keep_alive"), []);
-    assert_eq!(rig.own_record(), Some((ours().to_json(), 0)));
-}
-
-#[tokio::test(start_paused = true)]
-async fn own_lease_overwritten_during_a_compaction_is_noticed() {
-    let (rig, mut d) = rig(&[2]).await;
-    during(&mut d, async {
-        sleep(ms(10)).await;
-        rig.store.set_down(true);
-        rig.store
-            .insert(&key(OWN), &attrs("192.0.2.11", 0x55).to_json());
-        rig.store.compact();
-        rig.store.set_down(false);
-        sleep(ms(200)).await;
-    })
-    .await;
-    let (value, _) = rig.own_record().unwrap();
-    assert_eq!(value, ours().to_json());
-    assert_eq!(rig.metric(|m| &m.lease_acquisitions), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,4 +1,9 @@
 //! The etcd v3 lease store.
+//!
+//! Listings come in pages ([`super::list_paged`]) and the client accepts
+//! answers up to [`DECODE_LIMIT`]; watches ask etcd to split large
+//! revisions into fragments (etcd >= 3.4), so values written by anyone
+//! under the prefix cannot make a listing or a watch fail for good.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,14 +12,23 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    KeyValue, KvClient, PutOptions, ResponseHeader, TlsOptions, Txn, TxnOp, WatchClient,
+    WatchOptions,
 };
 
-use super::{Event, EventKind, LeaseStore, Listing, Record, StoreError, WatchItem, WatchStream};
+use super::{
+    prefix_end, Event, EventKind, Header, LeaseStore, Page, PageRequest, Record, StoreError,
+    WatchItem, WatchStream,
+};
 
 /// A unary call that takes longer than this is treated as a failure (the
 /// caller retries); watches are not bounded.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer the client decodes (gRPC's default is 4 MiB, which a
+/// few large values under the prefix exceed). A listing page too large for
+/// it is asked again with fewer keys; a watch response is at most etcd's
+/// request limit (1.5 MiB by default) plus one event, as it is fragmented.
+pub const DECODE_LIMIT: usize = 64 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct EtcdOptions {
@@ -60,6 +74,10 @@ pub enum EtcdSetupError {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// The client's key-value and watch services, accepting answers up to
+    /// [`DECODE_LIMIT`] (they share its connection and credentials).
+    kv: KvClient,
+    watcher: WatchClient,
     login: Option<Arc<Login>>,
 }
 
@@ -89,6 +107,9 @@ const NO_USER: &str = "etcdserver: user name is empty";
 const AUTH_FAILED: &str = "etcdserver: authentication failed";
 const PERMISSION_DENIED: &str = "etcdserver: permission denied";
 const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+/// tonic's refusal of an answer larger than the decode limit.
+const TOO_LARGE: &str = "message length too large";
 
 /// A failure whose etcd message is `message` (`full`: as the client
 /// reports it): a refusal said in flanneld's terms, anything else as is.
@@ -97,6 +118,12 @@ fn classify(login: Option<&Login>, message: &str, full: String) -> StoreError {
         login.note(message);
     }
     let user = login.map_or("", |l| l.user.as_str());
+    if message.contains(LEASE_NOT_FOUND) {
+        return StoreError::NoLease;
+    }
+    if message.contains(TOO_LARGE) {
+        return StoreError::TooLarge(message.to_owned());
+    }
     match refusal(message, user) {
         Some(why) => StoreError::Refused(why),
         None => StoreError::Unavailable(full),
@@ -172,7 +199,16 @@ impl EtcdStore {
         let client = Client::connect(&opts.endpoints, Some(co))
             .await
             .map_err(|e| EtcdSetupError::Client(e.to_string()))?;
-        Ok(EtcdStore { client, login })
+        let kv = client.kv_client().max_decoding_message_size(DECODE_LIMIT);
+        let watcher = client
+            .watch_client()
+            .max_decoding_message_size(DECODE_LIMIT);
+        Ok(EtcdStore {
+            client,
+            kv,
+            watcher,
+            login,
+        })
     }
 
     /// Authenticates when credentials were given and the client holds no
@@ -269,33 +305,25 @@ impl LeaseStore for EtcdStore {
     type Watch = EtcdWatch;
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let resp = self.call(self.client.clone().get(key, None)).await?;
-        Ok(resp.kvs().first().map(|kv| Record {
-            key: key.to_owned(),
-            value: kv.value().to_vec(),
-            lease: kv.lease(),
-        }))
+        let resp = self.call(self.kv.clone().get(key, None)).await?;
+        Ok(resp.kvs().first().map(record))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let resp = self
-            .call(
-                self.client
-                    .clone()
-                    .get(prefix, Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let records = resp
-            .kvs()
-            .iter()
-            .map(|kv| Record {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: kv.value().to_vec(),
-                lease: kv.lease(),
-            })
-            .collect();
-        let revision = resp.header().map_or(0, |h| h.revision());
-        Ok(Listing { records, revision })
+    async fn range(&self, req: &PageRequest<'_>) -> Result<Page, StoreError> {
+        let opts = GetOptions::new()
+            .with_range(prefix_end(req.prefix.as_bytes()))
+            .with_limit(req.limit as i64)
+            .with_revision(req.revision);
+        let resp = self.call(self.kv.clone().get(req.from, Some(opts))).await?;
+        let next = match (resp.more(), resp.kvs().last()) {
+            (true, Some(last)) => Some([last.key(), &[0]].concat()),
+            _ => None,
+        };
+        Ok(Page {
+            records: resp.kvs().iter().map(record).collect(),
+            header: header(resp.header()),
+            next,
+        })
     }
 
     async fn create(
@@ -308,7 +336,7 @@ impl LeaseStore for EtcdStore {
         let txn = Txn::new()
             .when([Compare::version(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, Self::put_options(lease))]);
-        match self.call(self.client.clone().txn(txn)).await {
+        match self.call(self.kv.clone().txn(txn)).await {
             Ok(resp) if resp.succeeded() => Ok(lease),
             Ok(_) => {
                 self.give_back(lease).await;
@@ -323,18 +351,17 @@ impl LeaseStore for EtcdStore {
 
     async fn put(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
         let lease = self.grant(ttl).await?;
-        if let Err(e) = self
-            .call(
-                self.client
-                    .clone()
-                    .put(key, value, Self::put_options(lease)),
-            )
-            .await
-        {
+        if let Err(e) = self.put_with_lease(key, value, lease).await {
             self.give_back(lease).await;
             return Err(e);
         }
         Ok(lease)
+    }
+
+    async fn put_with_lease(&self, key: &str, value: &str, lease: i64) -> Result<(), StoreError> {
+        let mut kv = self.kv.clone();
+        let put = kv.put(key, value, Self::put_options(lease));
+        self.call(put).await.map(drop)
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<Option<Duration>, StoreError> {
@@ -372,24 +399,50 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.call(self.client.clone().delete(key, None))
+        self.call(self.kv.clone().delete(key, None))
             .await
             .map(|_| ())
     }
 
-    async fn watch(&self, prefix: &str, revision: i64) -> Result<EtcdWatch, StoreError> {
+    async fn watch(&self, prefix: &str, revision: i64) -> Result<(EtcdWatch, Header), StoreError> {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
+            .with_fragment()
             .with_start_revision(revision);
         let stream = self
-            .call(self.client.clone().watch(prefix, Some(opts)))
+            .call(self.watcher.clone().watch(prefix, Some(opts)))
             .await?;
-        Ok(EtcdWatch {
+        let mut watch = EtcdWatch {
             stream,
             login: self.login.clone(),
-        })
+        };
+        let created = deadline(watch.stream.message()).await?;
+        match created.map_err(|e| watch.error(&message(&e), e.to_string()))? {
+            Some(resp) if resp.created() && !resp.canceled() => Ok((watch, header(resp.header()))),
+            Some(resp) => Err(watch.error(
+                resp.cancel_reason(),
+                format!("watch not created: {}", resp.cancel_reason()),
+            )),
+            None => Err(StoreError::Unavailable("watch stream closed".into())),
+        }
     }
+}
+
+fn record(kv: &KeyValue) -> Record {
+    Record {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        lease: kv.lease(),
+        create_revision: kv.create_revision(),
+    }
+}
+
+fn header(h: Option<&ResponseHeader>) -> Header {
+    h.map_or(Header::default(), |h| Header {
+        revision: h.revision(),
+        cluster_id: h.cluster_id(),
+    })
 }
 
 pub struct EtcdWatch {
@@ -423,12 +476,13 @@ impl WatchStream for EtcdWatch {
                 let reason = resp.cancel_reason();
                 return Err(self.error(reason, format!("watch canceled: {reason}")));
             }
-            // The creation acknowledgement and progress notices carry no events.
-            if resp.events().is_empty() {
-                continue;
-            }
-            let revision = resp.header().map_or(0, |h| h.revision());
-            let events = resp.events().iter().filter_map(convert).collect();
+            // Progress notices carry no events.
+            let events: Vec<Event> = resp.events().iter().filter_map(convert).collect();
+            let Some(last) = events.last() else { continue };
+            // This may be a fragment, the rest of its last revision still
+            // to come: only the revisions before it are known complete, so
+            // a watch reopened after a break sees that revision again.
+            let revision = last.mod_revision - 1;
             return Ok(WatchItem::Events { revision, events });
         }
     }
@@ -444,6 +498,9 @@ fn convert(ev: &etcd_client::Event) -> Option<Event> {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         value: kv.value().to_vec(),
         prev_value: ev.prev_kv().map(|p| p.value().to_vec()),
+        lease: kv.lease(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
     })
 }
 
@@ -466,6 +523,18 @@ mod tests {
         for half in [creds(Some("u"), None), creds(None, Some("p"))] {
             assert!(matches!(login(&half), Err(EtcdSetupError::HalfLogin)));
         }
+    }
+
+    #[test]
+    fn oversized_answers_and_missing_leases_have_their_own_errors() {
+        let too_large =
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes";
+        assert!(matches!(
+            classify(None, too_large, String::new()),
+            StoreError::TooLarge(_)
+        ));
+        let gone = "etcdserver: requested lease not found";
+        assert_eq!(classify(None, gone, String::new()), StoreError::NoLease);
     }
 
     #[test]

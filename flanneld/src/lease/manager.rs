@@ -4,6 +4,12 @@
 //! PublicIP; else the subnet of the previous subnet.env if nobody holds it;
 //! else a random free subnet. New leases are created with a
 //! compare-and-create transaction; a lost race is retried.
+//!
+//! Anyone who can write under the prefix can plant a lease carrying our
+//! PublicIP. Of several, ours is the one at the subnet this node had
+//! (subnet.env and the local pods say so), else the oldest; the others are
+//! not ours to reuse or delete: they are logged and left alone (as peers
+//! they are skipped, their PublicIP being ours).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -101,17 +107,8 @@ async fn try_acquire<S: LeaseStore, C: Clock>(
         .iter()
         .filter_map(|r| subnet_from_key(&r.key))
         .collect();
-    if let Some((record, subnet)) = find_by_ip(&listing.records, req.attrs.public_ip) {
-        if req.config.accepts(subnet) {
-            return reuse(store, clock, req, record, subnet).await;
-        }
-        // flannel drops a lease of ours that no longer fits the config.
-        crate::warn!(
-            "lease {subnet} for {} does not fit the network config, deleting it",
-            req.attrs.public_ip
-        );
-        store.delete(&record.key).await?;
-        leased.remove(&subnet);
+    if let Some((record, subnet)) = usable_own(store, req, &listing.records, &mut leased).await? {
+        return reuse(store, clock, req, record, subnet).await;
     }
     let previous = req
         .previous
@@ -134,12 +131,54 @@ async fn try_acquire<S: LeaseStore, C: Clock>(
     })
 }
 
-fn find_by_ip(records: &[Record], ip: Ipv4Addr) -> Option<(&Record, Ipv4Net)> {
-    records.iter().find_map(|r| {
-        let attrs: LeaseAttrs = serde_json::from_slice(&r.value).ok()?;
-        let subnet = subnet_from_key(&r.key)?;
-        (attrs.public_ip == ip).then_some((r, subnet))
-    })
+/// Our lease in `records`, if it fits the config. One that does not is
+/// deleted, as flannel does, and its subnet is free again in `leased`;
+/// other leases carrying our PublicIP are logged and left alone.
+async fn usable_own<'r, S: LeaseStore>(
+    store: &S,
+    req: &LeaseRequest<'_>,
+    records: &'r [Record],
+    leased: &mut BTreeSet<Ipv4Net>,
+) -> Result<Option<(&'r Record, Ipv4Net)>, LeaseError> {
+    let ip = req.attrs.public_ip;
+    let (mine, others) = find_own(records, ip, req.previous);
+    for r in others {
+        crate::warn!(
+            "lease {} also carries our PublicIP {ip}: not ours, leaving it alone",
+            r.key
+        );
+    }
+    let Some((record, subnet)) = mine else {
+        return Ok(None);
+    };
+    if req.config.accepts(subnet) {
+        return Ok(Some((record, subnet)));
+    }
+    crate::warn!("lease {subnet} for {ip} does not fit the network config, deleting it");
+    store.delete(&record.key).await?;
+    leased.remove(&subnet);
+    Ok(None)
+}
+
+/// Our lease among the records carrying PublicIP `ip`: the one at
+/// `previous` (the subnet this node had), else the oldest (then by key);
+/// and the others carrying `ip`.
+pub fn find_own(
+    records: &[Record],
+    ip: Ipv4Addr,
+    previous: Option<Ipv4Net>,
+) -> (Option<(&Record, Ipv4Net)>, Vec<&Record>) {
+    let mut carrying: Vec<(&Record, Ipv4Net)> = records
+        .iter()
+        .filter_map(|r| {
+            let attrs: LeaseAttrs = serde_json::from_slice(&r.value).ok()?;
+            Some((r, subnet_from_key(&r.key)?)).filter(|_| attrs.public_ip == ip)
+        })
+        .collect();
+    carrying.sort_by_key(|(r, s)| (Some(*s) != previous, r.create_revision, r.key.clone()));
+    let mut rest = carrying.into_iter();
+    let own = rest.next();
+    (own, rest.map(|(r, _)| r).collect())
 }
 
 /// Takes over the lease carrying our PublicIP. An unchanged lease keeps its

@@ -179,11 +179,12 @@ fn deleted_lease_shows_in_the_watch_and_is_taken_again() {
     let f = Fixture::new("10.244.0.0/16");
     let own = f.acquire(attrs("192.0.2.11", 1), None).unwrap();
     let rev = block_on(f.store.list(PREFIX)).unwrap().revision;
-    let mut watch = block_on(
+    let (mut watch, header) = block_on(
         f.store
             .watch(&crate::lease::subnets_prefix(PREFIX), rev + 1),
     )
     .unwrap();
+    assert_eq!(header.revision, rev);
     f.store.remove(&own.key);
     let WatchItem::Events { events, .. } = block_on(watch.next()).unwrap() else {
         panic!()
@@ -255,4 +256,68 @@ fn unreachable_store_is_an_error_not_a_panic() {
         matches!(err, LeaseError::Store(StoreError::Unavailable(_))),
         "{err}"
     );
+}
+
+#[test]
+fn a_planted_lease_with_our_public_ip_is_not_taken() {
+    let f = Fixture::new("10.244.0.0/16");
+    let first = f.acquire(attrs("192.0.2.11", 1), None).unwrap();
+    // Planted later under another subnet, with our PublicIP.
+    let planted = format!("{PREFIX}/subnets/10.244.200.0-24");
+    let value = attrs("192.0.2.11", 9).to_json();
+    f.store.insert(&planted, &value);
+    // A restart that knows its subnet (subnet.env): ours, as it was.
+    let again = f
+        .acquire(attrs("192.0.2.11", 1), Some(&first.subnet.to_string()))
+        .unwrap();
+    assert_eq!(
+        (again.subnet, again.origin, again.lease_id),
+        (first.subnet, Origin::Reused, first.lease_id)
+    );
+    // One that does not: the older of the two.
+    let blind = f.acquire(attrs("192.0.2.11", 1), None).unwrap();
+    assert_eq!(blind.subnet, first.subnet);
+    assert_eq!(f.store.dump()[&planted], (value, 0), "left alone");
+
+    // Planted before we ever started: subnet.env still decides.
+    let g = Fixture::new("10.244.0.0/16");
+    g.store.insert(&planted, &attrs("192.0.2.11", 9).to_json());
+    let ours = format!("{PREFIX}/subnets/10.244.77.0-24");
+    g.store.insert(&ours, &attrs("192.0.2.11", 1).to_json());
+    let own = g
+        .acquire(attrs("192.0.2.11", 1), Some("10.244.77.0/24"))
+        .unwrap();
+    assert_eq!(own.key, ours);
+    assert_eq!(g.store.dump().len(), 2);
+}
+
+#[test]
+fn listings_come_in_pages_at_one_revision_and_survive_huge_values() {
+    let f = Fixture::new("10.244.0.0/16");
+    let prefix = crate::lease::subnets_prefix(PREFIX);
+    for i in 0..1200 {
+        f.store.insert(&format!("{prefix}k{i:04}"), "{}");
+    }
+    let huge = " ".repeat(5000);
+    for i in 0..3 {
+        f.store.insert(&format!("{prefix}k{i:04}x"), &huge);
+    }
+    f.store.insert(&format!("{PREFIX}/config"), "{}");
+    let revision = f.store.revision();
+    // Answers of more than 12 000 bytes of values fail as too large.
+    f.store.limit_answers(12_000);
+    let listing = block_on(f.store.list(&prefix)).unwrap();
+    let keys: Vec<&str> = listing.records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys.len(), 1203);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+    assert!(keys.iter().all(|k| k.starts_with(&prefix)));
+    assert_eq!(listing.revision, revision);
+    // Halved from 500 keys down to 3 for the huge values, then growing
+    // back to 500 keys a page.
+    let pages = f.store.calls("range").len();
+    assert!((10..30).contains(&pages), "{pages} pages");
+    // One value the store cannot send at all is an error, not a loop.
+    f.store.limit_answers(100);
+    let err = block_on(f.store.list(&prefix)).unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge(_)), "{err}");
 }

@@ -2,8 +2,9 @@
 //! lease logic and of the daemon's loop. It keeps etcd's semantics where
 //! they matter: revisions, leases that expire (deleting their keys, also
 //! under an open watch), compare-and-create, a watch that waits for the
-//! next change and breaks when the store goes down, and a history that can
-//! be compacted.
+//! next change and breaks when the store goes down, a history that can be
+//! compacted, listings in pages with a bound on the answer's size, and a
+//! wipe that starts the store afresh (as a restore from an empty backup).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 use super::{
-    Clock, Event, EventKind, LeaseStore, Listing, Record, StoreError, WatchItem, WatchStream,
+    Clock, Event, EventKind, Header, LeaseStore, Listing, Page, PageRequest, Record, StoreError,
+    WatchItem, WatchStream,
 };
 
 /// A clock that moves only when told to.
@@ -63,10 +65,24 @@ impl Clock for TokioClock {
     }
 }
 
+/// A stored value, the etcd lease it is attached to and the revision that
+/// created the key.
+#[derive(Debug, Clone)]
+struct Kv {
+    value: Vec<u8>,
+    lease: i64,
+    create_revision: i64,
+}
+
 #[derive(Default)]
 struct Inner {
     revision: i64,
-    kv: BTreeMap<String, (Vec<u8>, i64)>,
+    cluster_id: u64,
+    /// Bumped by a wipe: watches opened before it break.
+    epoch: u64,
+    /// Largest answer to a page request, in value bytes (none: unbounded).
+    max_answer: Option<usize>,
+    kv: BTreeMap<String, Kv>,
     /// lease id → (expiry, ttl)
     leases: HashMap<i64, (SystemTime, Duration)>,
     next_lease: i64,
@@ -95,15 +111,51 @@ pub struct MemWatch {
     store: MemStore,
     next: i64,
     prefix: String,
+    epoch: u64,
 }
 
 impl MemStore {
     pub fn new(clock: Rc<dyn Clock>) -> Self {
+        let inner = Inner {
+            cluster_id: 1,
+            ..Inner::default()
+        };
         MemStore {
-            inner: Rc::new(RefCell::new(Inner::default())),
+            inner: Rc::new(RefCell::new(inner)),
             clock,
             changed: Rc::new(Notify::new()),
         }
+    }
+
+    /// Empties the store as a restore from an empty backup does: no keys,
+    /// no leases, no history, the revision back at 1, open watches broken;
+    /// `cluster_id` is the id the store answers with from now on.
+    pub fn wipe(&self, cluster_id: u64) {
+        let mut i = self.inner.borrow_mut();
+        let (epoch, calls, failures) = (
+            i.epoch + 1,
+            std::mem::take(&mut i.calls),
+            std::mem::take(&mut i.failures),
+        );
+        let watches = std::mem::take(&mut i.watches);
+        *i = Inner {
+            revision: 1,
+            cluster_id,
+            epoch,
+            // etcd's lease ids are not reused.
+            next_lease: i.next_lease,
+            calls,
+            failures,
+            watches,
+            ..Inner::default()
+        };
+        drop(i);
+        self.notify();
+    }
+
+    /// Page answers holding more than `bytes` of values fail as too large.
+    pub fn limit_answers(&self, bytes: usize) {
+        self.inner.borrow_mut().max_answer = Some(bytes);
     }
 
     /// Revisions the watches were opened from, in order.
@@ -159,7 +211,10 @@ impl MemStore {
         self.expire();
         let i = self.inner.borrow();
         i.kv.iter()
-            .map(|(k, (v, l))| (k.clone(), (String::from_utf8_lossy(v).into_owned(), *l)))
+            .map(|(k, kv)| {
+                let value = String::from_utf8_lossy(&kv.value).into_owned();
+                (k.clone(), (value, kv.lease))
+            })
             .collect()
     }
 
@@ -257,29 +312,54 @@ impl Inner {
     }
 
     fn write_at(&mut self, revision: i64, key: &str, value: Vec<u8>, lease: i64) {
-        let prev = self
-            .kv
-            .insert(key.to_owned(), (value.clone(), lease))
-            .map(|p| p.0);
+        let create_revision = self.kv.get(key).map_or(revision, |kv| kv.create_revision);
+        let kv = Kv {
+            value: value.clone(),
+            lease,
+            create_revision,
+        };
+        let prev = self.kv.insert(key.to_owned(), kv).map(|p| p.value);
         let ev = Event {
             kind: EventKind::Put,
             key: key.to_owned(),
             value,
             prev_value: prev,
+            lease,
+            create_revision,
+            mod_revision: revision,
         };
         self.history.push((revision, ev));
     }
 
     fn remove(&mut self, key: &str) {
-        if let Some((prev, _)) = self.kv.remove(key) {
+        if let Some(prev) = self.kv.remove(key) {
             self.revision += 1;
             let ev = Event {
                 kind: EventKind::Delete,
                 key: key.to_owned(),
                 value: Vec::new(),
-                prev_value: Some(prev),
+                prev_value: Some(prev.value),
+                lease: 0,
+                create_revision: 0,
+                mod_revision: self.revision,
             };
             self.history.push((self.revision, ev));
+        }
+    }
+
+    fn record(key: &str, kv: &Kv) -> Record {
+        Record {
+            key: key.to_owned(),
+            value: kv.value.clone(),
+            lease: kv.lease,
+            create_revision: kv.create_revision,
+        }
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            revision: self.revision,
+            cluster_id: self.cluster_id,
         }
     }
 
@@ -288,7 +368,7 @@ impl Inner {
         let keys: Vec<String> = self
             .kv
             .iter()
-            .filter(|(_, (_, l))| *l == id)
+            .filter(|(_, kv)| kv.lease == id)
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -303,28 +383,42 @@ impl LeaseStore for MemStore {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         self.call("get")?;
         let i = self.inner.borrow();
-        Ok(i.kv.get(key).map(|(v, l)| Record {
-            key: key.to_owned(),
-            value: v.clone(),
-            lease: *l,
-        }))
+        Ok(i.kv.get(key).map(|kv| Inner::record(key, kv)))
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.call("list")?;
+        super::list_paged(self, prefix).await
+    }
+
+    /// A page as etcd answers it. There is no history of values to answer
+    /// at an older revision: a page asked at a revision that is no longer
+    /// the current one fails, as etcd does once it is compacted.
+    async fn range(&self, req: &PageRequest<'_>) -> Result<Page, StoreError> {
+        self.call("range")?;
         let i = self.inner.borrow();
-        let records =
-            i.kv.range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, (v, l))| Record {
-                    key: k.clone(),
-                    value: v.clone(),
-                    lease: *l,
-                })
-                .collect();
-        Ok(Listing {
+        if req.revision != 0 && req.revision != i.revision {
+            return Err(StoreError::Unavailable("required revision is gone".into()));
+        }
+        let from = String::from_utf8_lossy(req.from).into_owned();
+        let mut keys =
+            i.kv.range(from..)
+                .take_while(|(k, _)| k.starts_with(req.prefix));
+        let records: Vec<Record> = (&mut keys)
+            .take(req.limit)
+            .map(|(k, kv)| Inner::record(k, kv))
+            .collect();
+        let size: usize = records.iter().map(|r| r.value.len()).sum();
+        if i.max_answer.is_some_and(|max| size > max) {
+            return Err(StoreError::TooLarge(format!("{size} bytes")));
+        }
+        let more = keys.next().is_some();
+        let next =
+            (more.then(|| records.last()).flatten()).map(|r| format!("{}\0", r.key).into_bytes());
+        Ok(Page {
             records,
-            revision: i.revision,
+            header: i.header(),
+            next,
         })
     }
 
@@ -364,6 +458,18 @@ impl LeaseStore for MemStore {
         Ok(id)
     }
 
+    async fn put_with_lease(&self, key: &str, value: &str, lease: i64) -> Result<(), StoreError> {
+        self.call("put_with_lease")?;
+        let mut i = self.inner.borrow_mut();
+        if lease != 0 && !i.leases.contains_key(&lease) {
+            return Err(StoreError::NoLease);
+        }
+        i.write(key, value.as_bytes().to_vec(), lease);
+        drop(i);
+        self.notify();
+        Ok(())
+    }
+
     async fn keep_alive(&self, lease: i64) -> Result<Option<Duration>, StoreError> {
         self.call("keep_alive")?;
         let now = self.clock.now();
@@ -397,14 +503,17 @@ impl LeaseStore for MemStore {
         Ok(())
     }
 
-    async fn watch(&self, prefix: &str, revision: i64) -> Result<MemWatch, StoreError> {
+    async fn watch(&self, prefix: &str, revision: i64) -> Result<(MemWatch, Header), StoreError> {
         self.call("watch")?;
-        self.inner.borrow_mut().watches.push(revision);
-        Ok(MemWatch {
+        let mut i = self.inner.borrow_mut();
+        i.watches.push(revision);
+        let watch = MemWatch {
             store: self.clone(),
             next: revision,
             prefix: prefix.to_owned(),
-        })
+            epoch: i.epoch,
+        };
+        Ok((watch, i.header()))
     }
 }
 
@@ -413,6 +522,9 @@ impl MemWatch {
     fn poll(&mut self) -> Result<Option<WatchItem>, StoreError> {
         self.store.check()?;
         let i = self.store.inner.borrow();
+        if i.epoch != self.epoch {
+            return Err(StoreError::Unavailable("the store restarted".into()));
+        }
         if self.next <= i.compacted {
             return Ok(Some(WatchItem::Compacted {
                 revision: i.compacted,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::process::Output;
 use std::time::Duration;
 
 use harness::{try_wait_until, Cluster, ClusterOpts, Node};
@@ -133,4 +134,21 @@ pub fn assert_new_peer_programmed_after_restart(c: &Cluster, node: &Node) {
         node.flanneld_log()
     );
     assert!(node.metric("flanneld_watch_restarts_total") >= 1.0);
+}
+
+/// `flanneld status` run inside `node`, against its files and `etcd`.
+pub fn status(node: &Node, etcd: &str) -> Output {
+    let subnet_file = node.subnet_file().display().to_string();
+    let ipam = node.dir().join("ipam").display().to_string();
+    let mut cmd = node.netns().cmd(harness::bin_path("flanneld"));
+    cmd.args([
+        "status",
+        "--etcd-endpoints",
+        etcd,
+        "--subnet-file",
+        &subnet_file,
+        "--ipam-dir",
+        &ipam,
+    ]);
+    cmd.output().unwrap()
 }

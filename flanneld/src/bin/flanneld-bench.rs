@@ -26,6 +26,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flannel_netlink::{Handle, Netns, NetnsGuard};
@@ -69,6 +70,45 @@ fn parse_args() -> Args {
     a
 }
 
+/// What must go even when the benchmark panics: the release profile aborts
+/// on panic, so Drop guards never run there, but the panic hook does.
+#[derive(Default)]
+struct Leftovers {
+    netns: Vec<String>,
+    pids: Vec<u32>,
+    dirs: Vec<PathBuf>,
+}
+
+static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers {
+    netns: Vec::new(),
+    pids: Vec::new(),
+    dirs: Vec::new(),
+});
+
+fn leftovers() -> std::sync::MutexGuard<'static, Leftovers> {
+    LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills the processes and removes the namespaces still registered, then
+/// reports the panic as usual.
+fn clean_up_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let left = std::mem::take(&mut *leftovers());
+        for pid in left.pids {
+            // SAFETY: kill(2) has no memory effects; the pid is our child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        for name in left.netns {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+        for dir in left.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        report(info);
+    }));
+}
+
 /// A named network namespace removed on drop.
 struct Ns(String);
 
@@ -80,6 +120,7 @@ impl Ns {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
         sh(&["ip", "netns", "add", &name]);
+        leftovers().netns.push(name.clone());
         let ns = Ns(name);
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&[
@@ -125,6 +166,7 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
+        leftovers().netns.retain(|n| *n != self.0);
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
@@ -333,6 +375,7 @@ fn time_section(a: &Args) -> serde_json::Value {
 }
 
 fn main() {
+    clean_up_on_panic();
     let a = parse_args();
     let time = time_section(&a);
     println!();
@@ -352,10 +395,19 @@ mod memory {
 
     const PORT: u16 = 23_790;
 
+    /// A child killed on drop (or by the panic hook).
     struct Killed(Child);
+
+    impl Killed {
+        fn new(child: Child) -> Killed {
+            leftovers().pids.push(child.id());
+            Killed(child)
+        }
+    }
 
     impl Drop for Killed {
         fn drop(&mut self) {
+            leftovers().pids.retain(|p| *p != self.0.id());
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
@@ -385,7 +437,7 @@ mod memory {
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd");
-        Killed(child)
+        Killed::new(child)
     }
 
     /// Writes the config and N leases from a thread inside the namespace.
@@ -437,6 +489,7 @@ mod memory {
         let ns = Ns::new("m");
         let dir = std::env::temp_dir().join(format!("flb-mem-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        leftovers().dirs.push(dir.clone());
         let _etcd = etcd(&ns, &dir);
         let peers = peers(n);
         fill(&ns, &peers);
@@ -457,7 +510,7 @@ mod memory {
             .stderr(Stdio::null())
             .spawn()
             .expect("start flanneld");
-        let flanneld = Killed(child);
+        let flanneld = Killed::new(child);
         let netns = Netns::open(&ns.path()).unwrap();
         let mut h = Handle::in_netns(&netns).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);

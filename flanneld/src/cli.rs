@@ -21,6 +21,7 @@ use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 pub use crate::log::LogFormat;
+pub use crate::masq::FirewallChoice;
 
 /// Bad flags or values; the text names the flag and the value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +53,7 @@ pub struct Options {
     pub ip_masq: bool,
     pub iptables_forward_rules: bool,
     pub iptables_resync: Duration,
+    pub firewall: FirewallChoice,
     pub healthz_ip: IpAddr,
     pub healthz_port: u16,
     pub resync_interval: Duration,
@@ -178,6 +180,16 @@ struct Args {
         value_parser = seconds
     )]
     iptables_resync: Duration,
+    /// where the masquerade and forward rules go: nftables (flannel's
+    /// tables flannel-ipv4), iptables (flannel's FLANNEL-* chains), or auto
+    #[arg(
+        long,
+        env = "FLANNELD_FIREWALL",
+        value_name = "FIREWALL",
+        value_enum,
+        default_value_t = FirewallChoice::Auto
+    )]
+    firewall: FirewallChoice,
     /// address of the /healthz, /readyz and /metrics server
     #[arg(
         long,
@@ -405,6 +417,7 @@ impl Args {
             ip_masq: self.ip_masq,
             iptables_forward_rules: self.iptables_forward_rules,
             iptables_resync: self.iptables_resync,
+            firewall: self.firewall,
             healthz_ip: self.healthz_ip,
             healthz_port: self.healthz_port,
             resync_interval: self.resync_interval,

@@ -33,6 +33,9 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: VxlanConfig,
+    /// flannel's `EnableNFTables`: masquerade and forward rules in
+    /// nftables (unless `--firewall` says otherwise).
+    pub enable_nftables: bool,
 }
 
 /// The `Backend` object of a `vxlan` network.
@@ -74,12 +77,23 @@ impl NetworkConfig {
             ));
         }
         let backend = VxlanConfig::parse(get(obj, "Backend"))?;
+        let enable_nftables = match get(obj, "EnableNFTables") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(bad(
+                    "EnableNFTables",
+                    format!("expected true or false, got {other}"),
+                ))
+            }
+        };
         Ok(NetworkConfig {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
+            enable_nftables,
         })
     }
 
@@ -306,6 +320,7 @@ mod tests {
             }
         );
         assert_eq!(c.subnets().count(), 255);
+        assert!(!c.enable_nftables);
 
         let small = NetworkConfig::parse(r#"{"Network":"10.1.2.0/26","Backend":{"Type":"vxlan"}}"#)
             .unwrap();
@@ -335,6 +350,19 @@ mod tests {
         assert!(c.accepts("10.5.2.192/26".parse().unwrap()));
         assert!(!c.accepts("10.5.3.0/26".parse().unwrap()));
         assert!(!c.accepts("10.5.1.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn enable_nftables_is_flannels_bool() {
+        let vx = r#""Network":"10.0.0.0/16","Backend":{"Type":"vxlan"}"#;
+        let c = NetworkConfig::parse(&format!(r#"{{{vx},"EnableNFTables":true}}"#)).unwrap();
+        assert!(c.enable_nftables);
+        let c = NetworkConfig::parse(&format!(r#"{{{vx},"enablenftables":false}}"#)).unwrap();
+        assert!(!c.enable_nftables);
+        assert_eq!(
+            field_of(&format!(r#"{{{vx},"EnableNFTables":"yes"}}"#)),
+            "EnableNFTables"
+        );
     }
 
     #[test]

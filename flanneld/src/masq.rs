@@ -14,6 +14,11 @@
 //! chains or jumps differ is one `iptables-restore --noflush` batch sent,
 //! which rewrites our two chains whole (so rules for a previous subnet go)
 //! and touches no other chain.
+//!
+//! The same rules can live in nftables instead ([`crate::nftables`]);
+//! [`choose`] says which firewall a node uses, and whichever is chosen,
+//! ours are removed from the other, so a node switching keeps no stale
+//! rule.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -26,11 +31,13 @@ use node_state::SavedRules;
 
 use crate::backend::Shared;
 use crate::metrics::Metrics;
+use crate::nftables::NftFirewall;
 
 const POSTRTG: &str = "FLANNEL-POSTRTG";
 const FWD: &str = "FLANNEL-FWD";
 /// kube-proxy marks packets it wants masqueraded itself.
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
+pub const KUBE_PROXY_MARK_BIT: &str = "0x4000";
 
 /// What the rules are for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +46,85 @@ pub struct Rules {
     pub subnet: Ipv4Net,
     pub masq: bool,
     pub forward: bool,
+    /// flannel's `EnableNFTables` in the network config.
+    pub enable_nftables: bool,
+}
+
+/// `--firewall`: where the rules go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirewallChoice {
+    /// nftables with `EnableNFTables`, or where iptables is missing or is
+    /// nft's shim with nothing that needs iptables; else iptables.
+    #[default]
+    Auto,
+    Iptables,
+    Nftables,
+}
+
+/// The firewall in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Iptables,
+    Nftables,
+}
+
+/// What the node's firewall tools say, for [`choose`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `iptables-restore` and `iptables-save` can be run.
+    pub iptables: bool,
+    /// `iptables --version` says `nf_tables`.
+    pub iptables_is_nft_shim: bool,
+    /// `iptables-legacy-save` prints rules (legacy iptables is in use).
+    pub legacy_rules: bool,
+    /// iptables' `FORWARD` policy is `DROP` (Docker's): only an iptables
+    /// rule can let pod traffic through it.
+    pub forward_drop: bool,
+}
+
+/// The firewall to use, and why (for the log).
+pub fn choose(choice: FirewallChoice, enable_nftables: bool, f: &Facts) -> (Kind, &'static str) {
+    match choice {
+        FirewallChoice::Iptables => (Kind::Iptables, "--firewall=iptables"),
+        FirewallChoice::Nftables => (Kind::Nftables, "--firewall=nftables"),
+        _ if enable_nftables => (Kind::Nftables, "EnableNFTables in the network config"),
+        _ if !f.iptables => (Kind::Nftables, "no iptables-restore/iptables-save"),
+        _ if !f.iptables_is_nft_shim => (Kind::Iptables, "iptables is legacy iptables"),
+        _ if f.legacy_rules => (Kind::Iptables, "legacy iptables holds rules"),
+        _ if f.forward_drop => (Kind::Iptables, "iptables' FORWARD policy is DROP"),
+        _ => (
+            Kind::Nftables,
+            "iptables is nft's shim and nothing needs iptables",
+        ),
+    }
+}
+
+/// Asks the node's tools for [`Facts`].
+pub fn facts() -> Facts {
+    use node_state::iptables::run;
+    let ok = |tool, args: &[&str]| run(tool, args, None).ok();
+    let Some(filter) = ok("iptables-save", &["-t", "filter"]) else {
+        return Facts::default();
+    };
+    let iptables = which("iptables-restore");
+    let version = ok("iptables", &["--version"]).unwrap_or_default();
+    let legacy = ok("iptables-legacy-save", &[]).unwrap_or_default();
+    Facts {
+        iptables,
+        iptables_is_nft_shim: version.contains("nf_tables"),
+        legacy_rules: legacy.lines().any(|l| l.starts_with("-A ")),
+        forward_drop: filter.lines().any(|l| l.starts_with(":FORWARD DROP")),
+    }
+}
+
+/// Whether `tool` is an executable file in `PATH`.
+pub fn which(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(tool))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 pub enum FirewallUpdate {
@@ -141,16 +227,27 @@ pub fn restore_text(
 /// Keeps the rules in place; runs on its own thread.
 pub struct Firewall {
     rules: Option<Rules>,
+    choice: FirewallChoice,
+    /// The firewall in use, once the first rules came.
+    kind: Option<Kind>,
     random_fully: bool,
+    nft: NftFirewall,
     shared: Arc<Shared>,
     resync: Duration,
 }
 
+/// nftables is checked at least this often: nft lists one small table, and
+/// a flushed table is back within this time.
+const NFT_RESYNC: Duration = Duration::from_secs(1);
+
 impl Firewall {
-    pub fn new(shared: Arc<Shared>, resync: Duration) -> Self {
+    pub fn new(shared: Arc<Shared>, resync: Duration, choice: FirewallChoice) -> Self {
         Firewall {
             rules: None,
+            choice,
+            kind: None,
             random_fully: true,
+            nft: NftFirewall::default(),
             shared,
             resync,
         }
@@ -158,7 +255,11 @@ impl Firewall {
 
     pub fn run(mut self, rx: Receiver<FirewallUpdate>) {
         loop {
-            match rx.recv_timeout(self.resync) {
+            let resync = match self.kind {
+                Some(Kind::Nftables) => self.resync.min(NFT_RESYNC),
+                _ => self.resync,
+            };
+            match rx.recv_timeout(resync) {
                 Ok(FirewallUpdate::Rules(r)) => self.rules = Some(r),
                 Ok(FirewallUpdate::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -177,17 +278,67 @@ impl Firewall {
     fn check(&mut self, rules: &Rules) -> bool {
         let shared = self.shared.clone();
         Metrics::add(&shared.metrics.firewall_syncs, 1);
-        match self.sync(rules) {
-            Ok(_) => true,
+        let kind = self.kind(rules);
+        let result = match kind {
+            Kind::Iptables => self.sync(rules),
+            Kind::Nftables => self.nft.sync(rules),
+        };
+        match result {
+            Ok(true) => {
+                crate::info!(
+                    "firewall rules updated for {} (subnet {})",
+                    rules.cluster,
+                    rules.subnet
+                );
+                true
+            }
+            Ok(false) => true,
             Err(e) => {
                 Metrics::add(&shared.metrics.firewall_errors, 1);
-                crate::error!("firewall rules: {e} (retrying)");
+                crate::error!("firewall rules ({kind:?}): {e} (retrying)");
                 false
             }
         }
     }
 
-    /// One check: read, compare, and write only what differs.
+    /// The firewall in use: chosen once, when ours are also removed from
+    /// the other one.
+    fn kind(&mut self, rules: &Rules) -> Kind {
+        if let Some(kind) = self.kind {
+            return kind;
+        }
+        let (kind, why) = choose(self.choice, rules.enable_nftables, &facts());
+        crate::info!("firewall: {kind:?} ({why})");
+        let cleaned = match kind {
+            Kind::Nftables => self.remove_iptables_chains(rules),
+            Kind::Iptables => crate::nftables::remove(),
+        };
+        if let Err(e) = cleaned {
+            crate::warn!("firewall: cannot remove our rules from the other firewall: {e}");
+        }
+        self.kind = Some(kind);
+        kind
+    }
+
+    /// Our chains and jumps out of iptables, where iptables exists.
+    fn remove_iptables_chains(&self, rules: &Rules) -> Result<(), IptablesError> {
+        let none = Rules {
+            masq: false,
+            forward: false,
+            ..rules.clone()
+        };
+        let text = match save(None) {
+            Ok(save) => self.text(&save, &none),
+            Err(IptablesError::Spawn { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if text.is_empty() {
+            return Ok(());
+        }
+        restore(&text)
+    }
+
+    /// One iptables check: read, compare, and write only what differs.
     pub fn sync(&mut self, rules: &Rules) -> Result<bool, IptablesError> {
         let save = save(None)?;
         let text = self.text(&save, rules);
@@ -205,11 +356,6 @@ impl Firewall {
                 other?;
             }
         }
-        crate::info!(
-            "firewall rules updated for {} (subnet {})",
-            rules.cluster,
-            rules.subnet
-        );
         Ok(true)
     }
 
@@ -238,6 +384,39 @@ mod tests {
     }
 
     #[test]
+    fn the_firewall_chosen() {
+        use FirewallChoice::*;
+        let shim = Facts {
+            iptables: true,
+            iptables_is_nft_shim: true,
+            ..Facts::default()
+        };
+        let kind = |choice, nft, f: &Facts| choose(choice, nft, f).0;
+        assert_eq!(kind(Auto, false, &shim), Kind::Nftables);
+        assert_eq!(kind(Auto, false, &Facts::default()), Kind::Nftables);
+        assert_eq!(kind(Auto, true, &shim), Kind::Nftables);
+        let legacy = Facts {
+            iptables_is_nft_shim: false,
+            ..shim.clone()
+        };
+        assert_eq!(kind(Auto, false, &legacy), Kind::Iptables);
+        assert_eq!(kind(Auto, true, &legacy), Kind::Nftables);
+        let in_use = Facts {
+            legacy_rules: true,
+            ..shim.clone()
+        };
+        assert_eq!(kind(Auto, false, &in_use), Kind::Iptables);
+        let docker = Facts {
+            forward_drop: true,
+            ..shim.clone()
+        };
+        assert_eq!(kind(Auto, false, &docker), Kind::Iptables);
+        // The flag wins over everything.
+        assert_eq!(kind(Iptables, true, &Facts::default()), Kind::Iptables);
+        assert_eq!(kind(Nftables, false, &docker), Kind::Nftables);
+    }
+
+    #[test]
     fn rules_are_flannels() {
         let (c, s) = nets();
         let r = masq_rules(c, s, true);
@@ -259,7 +438,11 @@ mod tests {
             forward_jump(),
             forward_rules(c).join("\n")
         );
-        let fw = Firewall::new(Arc::new(Shared::default()), Duration::from_secs(5));
+        let fw = Firewall::new(
+            Arc::new(Shared::default()),
+            Duration::from_secs(5),
+            FirewallChoice::Iptables,
+        );
         assert_eq!(
             fw.text(
                 &save,
@@ -267,7 +450,8 @@ mod tests {
                     cluster: c,
                     subnet: s,
                     masq: true,
-                    forward: true
+                    forward: true,
+                    enable_nftables: false,
                 }
             ),
             ""
@@ -283,7 +467,11 @@ mod tests {
             masq_jump(),
             masq_rules(c, old, true).join("\n")
         );
-        let fw = Firewall::new(Arc::new(Shared::default()), Duration::from_secs(5));
+        let fw = Firewall::new(
+            Arc::new(Shared::default()),
+            Duration::from_secs(5),
+            FirewallChoice::Iptables,
+        );
         let text = fw.text(
             &save,
             &Rules {
@@ -291,6 +479,7 @@ mod tests {
                 subnet: s,
                 masq: true,
                 forward: false,
+                enable_nftables: false,
             },
         );
         let expected = format!(

@@ -31,7 +31,14 @@ pub fn restore(batch: &str) -> Result<(), IptablesError> {
     run("iptables-restore", &["--noflush", "--wait"], Some(batch)).map(|_| ())
 }
 
-fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, IptablesError> {
+/// Runs the firewall tool `tool` with `args` (no shell) and `input` on its
+/// stdin; its stdout, or its stderr as the error when it fails. The nft
+/// runner and flanneld's choice of firewall use it too.
+pub fn run(
+    tool: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, IptablesError> {
     let spawn = |source| IptablesError::Spawn { tool, source };
     let stdin = if input.is_some() {
         Stdio::piped()

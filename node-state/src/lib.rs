@@ -11,12 +11,14 @@
 //! - [`veth`]: the host end's name of a pod's veth pair.
 //! - [`scratch`]: the saved delegate config, `<dataDir>/<containerID>`.
 //! - [`iptables`]: `iptables-save` / `iptables-restore --noflush`.
+//! - [`nft`]: `nft list table` / `nft -f -`, one transaction per change.
 //! - [`saved_rules`]: one parser of `iptables-save` output.
 //! - [`mac`]: random locally administered MAC addresses.
 
 pub mod ipam;
 pub mod iptables;
 pub mod mac;
+pub mod nft;
 pub mod saved_rules;
 pub mod scratch;
 pub mod veth;

@@ -117,6 +117,14 @@ impl Node {
         &self.flanneld_args
     }
 
+    /// Sets `flag=value` for the next start of flanneld, replacing any
+    /// earlier `flag=...` (a flag given twice is an error for flanneld).
+    pub fn set_flanneld_flag(&mut self, flag: &str, value: &str) {
+        let prefix = format!("{flag}=");
+        self.flanneld_args.retain(|a| !a.starts_with(&prefix));
+        self.flanneld_args.push(format!("{prefix}{value}"));
+    }
+
     /// Starts flanneld in the node's namespace (logging to `dir/flanneld.log`).
     pub fn start_flanneld(&mut self) {
         assert!(

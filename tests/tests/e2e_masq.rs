@@ -6,9 +6,21 @@ use std::net::IpAddr;
 use harness::{udp_source_seen, Cluster, ClusterOpts};
 
 #[test]
-fn ip_masq_hides_pods_from_the_outside_only() {
+fn ip_masq_hides_pods_from_the_outside_only_with_iptables() {
     harness::require_root!();
-    let opts = ClusterOpts::default().flanneld_arg("--ip-masq");
+    ip_masq_hides_pods_from_the_outside_only("iptables");
+}
+
+#[test]
+fn ip_masq_hides_pods_from_the_outside_only_with_nftables() {
+    harness::require_root!();
+    ip_masq_hides_pods_from_the_outside_only("nftables");
+}
+
+fn ip_masq_hides_pods_from_the_outside_only(firewall: &str) {
+    let opts = ClusterOpts::default()
+        .flanneld_arg("--ip-masq")
+        .flanneld_arg(&format!("--firewall={firewall}"));
     let mut c = Cluster::new(2, opts);
     assert!(c.node(0).subnet_env().ipmasq);
     c.node_mut(0).add_pod("a");

@@ -73,6 +73,11 @@ pub fn differences(old: &NetworkConfig, new: &NetworkConfig) -> String {
             a.direct_routing.to_string(),
             b.direct_routing.to_string(),
         ),
+        (
+            "EnableNFTables",
+            old.enable_nftables.to_string(),
+            new.enable_nftables.to_string(),
+        ),
     ];
     let changed: Vec<String> = (fields.iter())
         .filter(|(_, was, now)| was != now)

@@ -244,6 +244,7 @@ impl<S: LeaseStore, C: Clock> Daemon<S, C> {
             subnet: self.boot.own.subnet,
             masq: self.settings.ip_masq,
             forward: self.settings.forward_rules,
+            enable_nftables: self.boot.config.enable_nftables,
         };
         let _ = self.channels.firewall.send(FirewallUpdate::Rules(rules));
     }

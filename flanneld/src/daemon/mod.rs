@@ -28,7 +28,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::backend::{KernelDatapath, Reconciler, Shared, Update};
 use crate::cli::Options;
 use crate::lease::SystemClock;
-use crate::masq::{Firewall, FirewallUpdate};
+use crate::masq::{Firewall, FirewallChoice, FirewallUpdate};
 use crate::{error, info, warn};
 
 mod backoff;
@@ -86,7 +86,36 @@ impl Signals {
     }
 }
 
+/// Refuses a firewall asked for by flag whose tool is missing, before
+/// anything changes.
+fn check_firewall_tools(opts: &Options) -> anyhow::Result<()> {
+    if !(opts.ip_masq || opts.iptables_forward_rules) {
+        return Ok(());
+    }
+    let tool = match opts.firewall {
+        FirewallChoice::Nftables => "nft",
+        FirewallChoice::Iptables => "iptables-restore",
+        FirewallChoice::Auto => return Ok(()),
+    };
+    anyhow::ensure!(
+        crate::masq::which(tool),
+        "--firewall={}: `{tool}` is not in PATH (install {})",
+        if tool == "nft" {
+            "nftables"
+        } else {
+            "iptables"
+        },
+        if tool == "nft" {
+            "nftables"
+        } else {
+            "iptables"
+        },
+    );
+    Ok(())
+}
+
 async fn start(opts: Options) -> anyhow::Result<()> {
+    check_firewall_tools(&opts)?;
     let shared = Arc::new(Shared::default());
     let mut signals = Signals::new()?;
     serve_http(&opts, &shared).await?;
@@ -142,8 +171,10 @@ fn spawn_threads(
     let s = shared.clone();
     // Not joined: it blocks in recv() until the process exits.
     spawn("netlink-monitor", move || monitor(nudges, s));
-    let (s, resync) = (shared.clone(), opts.iptables_resync);
-    let firewall = spawn("firewall", move || Firewall::new(s, resync).run(rules));
+    let (s, resync, choice) = (shared.clone(), opts.iptables_resync, opts.firewall);
+    let firewall = spawn("firewall", move || {
+        Firewall::new(s, resync, choice).run(rules)
+    });
     vec![reconciler, firewall]
 }
 

@@ -224,7 +224,8 @@ async fn start_lists_peers_then_sends_rules_and_target() {
             cluster,
             subnet: own,
             masq: true,
-            forward: true
+            forward: true,
+            enable_nftables: false,
         }]
     );
     let targets = rig.targets();

@@ -355,7 +355,7 @@ fn openapi_v2(accept: &str) -> Response<Body> {
     let info = [field(1, title.as_bytes()), field(2, version.as_bytes())].concat();
     let doc = [field(1, swagger.as_bytes()), field(2, &info)].concat();
     let mut resp = Response::new(Full::new(Bytes::from(doc)).boxed());
-    let media = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let media = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(media));
     resp

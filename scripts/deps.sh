@@ -8,6 +8,8 @@ FLANNEL_DEB_PACKAGES=(
   etcd-server iproute2 iputils-ping iptables nftables iperf3 procps util-linux strace
   # the real CNI clients: podman, and containerd's CRI plugin (kubelet's path)
   podman runc busybox-static containerd
+  # kubectl, the independent client of the Kubernetes API emulator's tests
+  kubernetes-client
   # the reference plugins the benchmarks compare with
   containernetworking-plugins
 )

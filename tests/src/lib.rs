@@ -7,8 +7,9 @@
 //! removed by `Drop` guards, pass or fail.
 //!
 //! The building blocks ([`Netns`], [`Proc`], [`TempDir`], [`Etcd`],
-//! [`Monitor`], [`Containerd`] with its [`Cri`] client) are usable on their own, e.g. by a crate's root integration
-//! tests; [`Cluster`] puts them together. Every test that needs root starts
+//! [`Monitor`], [`Containerd`] with its [`Cri`] client, the Kubernetes API
+//! emulator [`KubeApi`]) are usable on their own, e.g. by a crate's root
+//! integration tests; [`Cluster`] puts them together. Every test that needs root starts
 //! with [`require_root!`], every wait is a [`wait_until`].
 
 mod check;
@@ -18,6 +19,7 @@ mod containerd;
 pub mod cri;
 mod etcd;
 pub mod http;
+pub mod kube;
 mod monitor;
 mod netns;
 mod node;
@@ -40,6 +42,7 @@ pub use containerd::{
 };
 pub use cri::{Cri, ExecOutput, PodMeta};
 pub use etcd::{Etcd, EtcdError, EtcdTls, Kv};
+pub use kube::{KubeApi, KubeApiConfig, Restart, KUBE_API_PORT};
 pub use monitor::Monitor;
 pub use netns::{run_in_netns, Netns};
 pub use node::{Node, HEALTHZ_PORT};

@@ -8,8 +8,6 @@ FLANNEL_DEB_PACKAGES=(
   etcd-server iproute2 iputils-ping iptables nftables iperf3 procps util-linux strace
   # the real CNI clients: podman, and containerd's CRI plugin (kubelet's path)
   podman runc busybox-static containerd
-  # kubectl, the independent client of the Kubernetes API emulator's tests
-  kubernetes-client
   # the reference plugins the benchmarks compare with
   containernetworking-plugins
 )
@@ -19,6 +17,10 @@ install_deps() {
   for p in "${FLANNEL_DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
+  # kubectl, the independent client of the Kubernetes API emulator's tests:
+  # Debian's, unless a kubectl is already installed (another package's
+  # /usr/bin/kubectl would conflict with it).
+  command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq

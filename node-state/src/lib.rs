@@ -13,7 +13,9 @@
 //! - [`iptables`]: `iptables-save` / `iptables-restore --noflush`.
 //! - [`saved_rules`]: one parser of `iptables-save` output.
 //! - [`mac`]: random locally administered MAC addresses.
+//! - [`files`]: atomic writes and bounded, non-blocking reads of state.
 
+pub mod files;
 pub mod ipam;
 pub mod iptables;
 pub mod mac;

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -23,6 +23,11 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 /// What separates the container ID from the interface name in a file.
 const LINE_BREAK: &str = "\r\n";
 const LAST_RESERVED: &str = "last_reserved_ip.0";
+/// Temp files of the atomic writes, only ever written under the lock.
+const RESERVE_TMP: &str = ".reserve.tmp";
+const LAST_RESERVED_TMP: &str = ".last_reserved_ip.0.tmp";
+/// An owner is a container ID and an interface name: far below this.
+const MAX_OWNER_FILE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -143,11 +148,14 @@ impl Store {
             let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            // Released between listing and reading: not an allocation any more.
-            let Ok(text) = fs::read_to_string(entry.path()) else {
+            // Released between listing and reading: not an allocation any
+            // more. Not a regular file (a FIFO would block the read) or
+            // unreadable: nobody's allocation, and `reserve` still sees
+            // the name taken.
+            let Ok(bytes) = crate::files::read_regular(&entry.path(), MAX_OWNER_FILE) else {
                 continue;
             };
-            let (container_id, ifname) = parse_owner(&text);
+            let (container_id, ifname) = parse_owner(&String::from_utf8_lossy(&bytes));
             out.push(Allocation {
                 ip,
                 container_id,
@@ -166,6 +174,8 @@ impl Store {
             .create(true)
             .truncate(false)
             .mode(0o644)
+            // A FIFO planted as `lock` must not block the open.
+            .custom_flags(libc::O_NONBLOCK)
             .open(&path)
             .map_err(io_err(&path))?;
         loop {
@@ -216,11 +226,23 @@ impl Locked<'_> {
         }
         for ip in range.candidates(self.last_reserved()) {
             if self.reserve(ip, id, ifname)? {
-                self.write_last_reserved(ip)?;
-                return Ok(ip);
+                return self.commit(ip);
             }
         }
         Err(IpamError::Exhausted(*range))
+    }
+
+    /// Moves the cursor to a freshly reserved `ip`; if that fails (disk
+    /// full), the reservation is undone, so a retry is not refused as a
+    /// duplicate of an allocation nobody got.
+    fn commit(&self, ip: Ipv4Addr) -> Result<Ipv4Addr, IpamError> {
+        match self.write_last_reserved(ip) {
+            Ok(()) => Ok(ip),
+            Err(e) => {
+                let _ = self.remove(ip);
+                Err(e)
+            }
+        }
     }
 
     fn allocate_requested(
@@ -234,8 +256,7 @@ impl Locked<'_> {
         if !range.contains(ip) || ip == range.gateway || !self.reserve(ip, id, ifname)? {
             return Err(unavailable);
         }
-        self.write_last_reserved(ip)?;
-        Ok(ip)
+        self.commit(ip)
     }
 
     /// One attachment gets one address: a second ADD without DEL is refused.
@@ -253,50 +274,40 @@ impl Locked<'_> {
         }
     }
 
-    /// Creates the IP's file exclusively; `false` when someone holds it.
+    /// Creates the IP's file exclusively, owner included (so no reader
+    /// ever sees it empty); `false` when someone holds it.
     fn reserve(&self, ip: Ipv4Addr, id: &str, ifname: &str) -> Result<bool, IpamError> {
         let path = self.store.dir.join(ip.to_string());
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path);
-        let mut file = match file {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
+        let tmp = self.store.dir.join(RESERVE_TMP);
         let content = format!("{}{LINE_BREAK}{ifname}", id.trim());
-        if let Err(e) = file.write_all(content.as_bytes()) {
-            let _ = fs::remove_file(&path);
-            return Err(io_err(&path)(e));
+        match crate::files::create_atomic(&path, &tmp, content.as_bytes(), 0o644) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
         }
-        Ok(true)
     }
 
     fn last_reserved(&self) -> Option<Ipv4Addr> {
-        let text = fs::read_to_string(self.store.dir.join(LAST_RESERVED)).ok()?;
-        text.trim().parse().ok()
+        let path = self.store.dir.join(LAST_RESERVED);
+        let bytes = crate::files::read_regular(&path, MAX_OWNER_FILE).ok()?;
+        String::from_utf8(bytes).ok()?.trim().parse().ok()
     }
 
-    /// Overwrites the cursor in place and then cuts the file to length:
-    /// truncating to zero first would make ext4 flush the file on close
-    /// (its replace-by-truncate safeguard), a needless disk write per ADD.
-    /// Readers hold the lock, so they never see the file half-written.
+    /// Replaces the cursor atomically: a failed write (disk full) leaves
+    /// the previous cursor, never an empty file.
     fn write_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
         let path = self.store.dir.join(LAST_RESERVED);
-        let text = ip.to_string();
-        let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&path)?;
-            file.write_all(text.as_bytes())?;
-            file.set_len(text.len() as u64)
-        };
-        write().map_err(io_err(&path))
+        let tmp = self.store.dir.join(LAST_RESERVED_TMP);
+        crate::files::write_atomic(&path, &tmp, ip.to_string().as_bytes(), 0o644)
+            .map_err(io_err(&path))
+    }
+
+    /// Removes temp files an ADD killed mid-write left (the lock is held:
+    /// no write is under way).
+    fn remove_temp_files(&self) {
+        for name in [RESERVE_TMP, LAST_RESERVED_TMP] {
+            crate::files::remove_quietly(&self.store.dir.join(name));
+        }
     }
 
     /// Releases what (`id`, `ifname`) holds; files from host-local versions
@@ -317,6 +328,7 @@ impl Locked<'_> {
                 .collect();
         }
         mine.extend(all.iter().filter(|a| a.container_id.is_empty()));
+        self.remove_temp_files();
         for a in &mine {
             self.remove(a.ip)?;
         }
@@ -330,6 +342,7 @@ impl Locked<'_> {
         keep: &HashSet<(String, String)>,
     ) -> Result<Vec<Allocation>, IpamError> {
         let mut released = Vec::new();
+        self.remove_temp_files();
         for a in self.store.allocations()? {
             if !keep.contains(&(a.container_id.clone(), a.ifname.clone())) {
                 self.remove(a.ip)?;
@@ -411,6 +424,25 @@ mod tests {
         assert_eq!(
             lock.allocate(&r, "d", "eth0", None).unwrap(),
             ip("10.1.0.2")
+        );
+    }
+
+    #[test]
+    fn non_regular_files_in_the_store_do_not_block() {
+        let (_d, store) = temp_store("fifo");
+        for name in ["10.1.0.2", LAST_RESERVED] {
+            let path = store.dir().join(name);
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }
+        assert!(store.allocations().unwrap().is_empty());
+        let r = range("10.1.0.0/24");
+        // The FIFO's name stays taken.
+        let lock = store.lock().unwrap();
+        assert_eq!(
+            lock.allocate(&r, "a", "eth0", None).unwrap(),
+            ip("10.1.0.3")
         );
     }
 

@@ -14,7 +14,9 @@
 //! - [`nft`]: `nft list table` / `nft -f -`, one transaction per change.
 //! - [`saved_rules`]: one parser of `iptables-save` output.
 //! - [`mac`]: random locally administered MAC addresses.
+//! - [`files`]: atomic writes and bounded, non-blocking reads of state.
 
+pub mod files;
 pub mod ipam;
 pub mod iptables;
 pub mod mac;

@@ -4,11 +4,19 @@
 //! does, same file, same JSON), and DEL reads it back, so DEL tears down
 //! exactly what ADD built even when subnet.env or the config changed since.
 //! Files written by flannel's plugin before an upgrade are read the same way.
+//!
+//! The file is written atomically through `<dataDir>/.tmp-<hash of ID>`
+//! (a fixed length, so any ID that fits a file name fits), which DEL and
+//! GC find again from the container ID when an ADD died mid-write. The
+//! directory may be shared with other files: only names in these two
+//! formats are ever touched.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use crate::files;
 
 use serde_json::{Map, Value};
 
@@ -20,8 +28,34 @@ pub enum ScratchError {
     Parse { path: PathBuf, msg: String },
 }
 
+/// A saved config is a delegate document: far below this.
+const MAX_SAVED: u64 = 1 << 20;
+const TEMP_PREFIX: &str = ".tmp-";
+
 fn path_of(data_dir: &Path, container_id: &str) -> PathBuf {
     data_dir.join(container_id)
+}
+
+/// The temp file name of `container_id`'s saved config: the FNV-1a 64-bit
+/// hash of the ID in hex.
+pub fn temp_name(container_id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{TEMP_PREFIX}{hash:016x}")
+}
+
+/// Whether `name` is a temp file name as [`temp_name`] makes them.
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Not found, or a name no file system can hold: nothing there either way.
+fn is_absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || files::is_name_too_long(e)
 }
 
 /// Saves the delegate config (directory 0700, file 0600, as flannel).
@@ -40,15 +74,14 @@ pub fn save(
         .mode(0o700)
         .create(data_dir)
         .map_err(err)?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
     let json = serde_json::to_vec(delegate).expect("a JSON map serializes");
-    file.write_all(&json).map_err(err)
+    let tmp = data_dir.join(temp_name(container_id));
+    files::write_atomic(&path, &tmp, &json, 0o600).map_err(err)
+}
+
+/// Whether a saved config file of `container_id` exists, readable or not.
+pub fn exists(data_dir: &Path, container_id: &str) -> bool {
+    fs::symlink_metadata(path_of(data_dir, container_id)).is_ok()
 }
 
 /// The saved config, or `None` when there is none.
@@ -57,9 +90,9 @@ pub fn load(
     container_id: &str,
 ) -> Result<Option<Map<String, Value>>, ScratchError> {
     let path = path_of(data_dir, container_id);
-    let bytes = match fs::read(&path) {
+    let bytes = match files::read_regular(&path, MAX_SAVED) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if is_absent(&e) => return Ok(None),
         Err(source) => return Err(ScratchError::Io { path, source }),
     };
     match serde_json::from_slice(&bytes) {
@@ -75,8 +108,8 @@ pub fn load(
     }
 }
 
-/// The container IDs that have a saved config (none when the directory
-/// does not exist).
+/// The names of the regular files in `data_dir` (none when the directory
+/// does not exist): the candidates for saved configs and their temp files.
 pub fn list(data_dir: &Path) -> Result<Vec<String>, ScratchError> {
     let err = |source| ScratchError::Io {
         path: data_dir.to_owned(),
@@ -97,11 +130,18 @@ pub fn list(data_dir: &Path) -> Result<Vec<String>, ScratchError> {
     Ok(ids)
 }
 
-/// Removes the saved config; already gone is fine.
+/// Removes the saved config and a temp file of it that an ADD killed
+/// mid-write left; already gone is fine.
 pub fn remove(data_dir: &Path, container_id: &str) -> Result<(), ScratchError> {
-    let path = path_of(data_dir, container_id);
+    remove_name(data_dir, &temp_name(container_id))?;
+    remove_name(data_dir, container_id)
+}
+
+/// Removes `data_dir/name`; already gone is fine.
+pub fn remove_name(data_dir: &Path, name: &str) -> Result<(), ScratchError> {
+    let path = data_dir.join(name);
     match fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ScratchError::Io { path, source: e }),
+        Err(e) if !is_absent(&e) => Err(ScratchError::Io { path, source: e }),
         _ => Ok(()),
     }
 }
@@ -136,6 +176,24 @@ mod tests {
             load(&data, "bad"),
             Err(ScratchError::Parse { .. })
         ));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn temp_files_and_long_ids() {
+        let dir = std::env::temp_dir().join(format!("scratch-tmp-{}", std::process::id()));
+        let name = temp_name("abc");
+        assert!(is_temp_name(&name), "{name}");
+        assert_ne!(name, temp_name("abd"));
+        assert!(!is_temp_name("notes.txt") && !is_temp_name(".tmp-xyz"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(&name), "{").unwrap();
+        remove(&dir, "abc").unwrap();
+        assert!(!dir.join(&name).exists());
+        let long = "a".repeat(300);
+        assert_eq!(load(&dir, &long).unwrap(), None);
+        remove(&dir, &long).unwrap();
+        assert!(!exists(&dir, &long));
         fs::remove_dir_all(dir).unwrap();
     }
 }

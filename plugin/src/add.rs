@@ -8,23 +8,28 @@
 use std::path::Path;
 
 use flannel_netlink::{format_mac, Handle, Netns};
+
 use ipnet::Ipv4Net;
 use node_state::host_veth_name;
 use node_state::ipam::{Range, Store};
 use node_state::scratch;
+use serde_json::{Map, Value};
 use subnet_env::SubnetEnv;
 
 use crate::config::{BridgeConf, NetConf};
 use crate::env::CniEnv;
 use crate::error::{Error, Result};
 use crate::masq;
+use crate::pod_netns::open_pod_netns;
 use crate::spec::{CniResult, Interface, IpConfig};
 use crate::wiring::{self, Veth};
 
 /// The pod-specific changes made so far, undone if a later step fails.
 #[derive(Default)]
 struct Undo {
-    scratch: bool,
+    /// The saved config was written; `Some` holds the one it replaced
+    /// (another attachment of this container), put back on rollback.
+    scratch: Option<Option<Map<String, Value>>>,
     ip: Option<std::net::Ipv4Addr>,
     veth: Option<String>,
     masq: bool,
@@ -55,8 +60,9 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<CniResult> {
     };
     let mut undo = Undo::default();
     let result = (|| {
+        let previous = scratch::load(&conf.data_dir, &env.container_id).unwrap_or(None);
         scratch::save(&conf.data_dir, &env.container_id, &delegate)?;
-        undo.scratch = true;
+        undo.scratch = Some(previous);
         let bridge = wiring::apply_bridge(&mut host, &bc, plan)?;
         ctx.attach(&mut host, &mut pod, bridge, &mut undo)
     })();
@@ -66,26 +72,11 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<CniResult> {
 }
 
 /// flannel's delegate document for this node and the settings it holds.
-fn bridge_conf(conf: &NetConf) -> Result<(serde_json::Map<String, serde_json::Value>, BridgeConf)> {
+fn bridge_conf(conf: &NetConf) -> Result<(Map<String, Value>, BridgeConf)> {
     let senv = SubnetEnv::read(&conf.subnet_file)?;
     let delegate = conf.render_delegate(&senv)?;
     let bc = BridgeConf::from_delegate(&delegate)?;
     Ok((delegate, bc))
-}
-
-/// Opens `CNI_NETNS`, refusing anything that is not another network
-/// namespace (the plugin's own would wire the node to itself).
-fn open_pod_netns(path: &Path) -> Result<Netns> {
-    let netns_err = |source| Error::Netns {
-        path: path.to_owned(),
-        source,
-    };
-    let ns = Netns::open(path).map_err(netns_err)?;
-    let own = Netns::current()?;
-    if ns.id().map_err(netns_err)? == own.id()? {
-        return Err(Error::OwnNetns(path.to_owned()));
-    }
-    Ok(ns)
 }
 
 struct Ctx<'a> {
@@ -117,6 +108,7 @@ impl Ctx<'_> {
         let veth = wiring::create_veth(host, pod, self.pod_ns, bc, bridge.index, names)?;
         undo.veth = Some(veth.host_name.clone());
         wiring::set_hairpin(host, bc, &veth.host_name)?;
+        wiring::set_arp_notify(self.pod_ns, &env.ifname)?;
         let routes = bc.result_routes()?;
         wiring::configure_pod(pod, veth.pod_index, addr, bc.gateway(), &routes)?;
         if bc.is_gateway {
@@ -182,9 +174,13 @@ fn rollback(host: &mut Handle, conf: &NetConf, ctx: &Ctx, undo: Undo) {
             warn("release IP", &e);
         }
     }
-    if undo.scratch {
-        if let Err(e) = scratch::remove(&conf.data_dir, &env.container_id) {
-            warn("remove saved config", &e);
-        }
+    let (dir, id) = (&conf.data_dir, &env.container_id);
+    let restored = match undo.scratch {
+        None => Ok(()),
+        Some(None) => scratch::remove(dir, id),
+        Some(Some(previous)) => scratch::save(dir, id, &previous),
+    };
+    if let Err(e) = restored {
+        warn("restore saved config", &e);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use flannel_netlink::{format_mac, Handle, Link, Netns};
+use flannel_netlink::{format_mac, Handle, Link};
 use ipnet::IpNet;
 use node_state::host_veth_name;
 use node_state::ipam::Store;
@@ -27,10 +27,7 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<()> {
     let senv = SubnetEnv::read(&conf.subnet_file)?;
     let bc = BridgeConf::from_delegate(&conf.render_delegate(&senv)?)?;
     let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
-    let pod_ns = Netns::open(netns).map_err(|source| Error::Netns {
-        path: netns.to_owned(),
-        source,
-    })?;
+    let pod_ns = crate::pod_netns::open_netns(netns)?;
     let mut checker = Checker {
         env,
         bc: &bc,

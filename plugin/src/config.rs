@@ -80,12 +80,17 @@ impl NetConf {
                 opt_str(&doc, key)?.unwrap_or_else(|| default.to_string()),
             ))
         };
+        let data_dir = path("dataDir", DEFAULT_DATA_DIR)?;
+        refuse_empty_dir("dataDir", &data_dir)?;
+        let subnet_file = path("subnetFile", DEFAULT_SUBNET_FILE)?;
+        let ipam = take_object(&mut doc, "ipam")?;
+        ipam_base(&ipam)?;
         Ok(NetConf {
             version,
-            subnet_file: path("subnetFile", DEFAULT_SUBNET_FILE)?,
-            data_dir: path("dataDir", DEFAULT_DATA_DIR)?,
+            subnet_file,
+            data_dir,
             delegate: take_object(&mut doc, "delegate")?,
-            ipam: take_object(&mut doc, "ipam")?,
+            ipam,
             runtime_config: doc.remove("runtimeConfig").filter(|v| !v.is_null()),
             prev_result: doc.remove("prevResult").filter(|v| !v.is_null()),
             valid_attachments: attachments(&doc)?,
@@ -95,8 +100,7 @@ impl NetConf {
 
     /// The IPAM store directory: `<ipam.dataDir>/<network name>`.
     pub fn store_dir(&self) -> Result<PathBuf, ConfigError> {
-        let base = opt_str(&self.ipam, "dataDir")?.unwrap_or_else(|| DEFAULT_IPAM_DIR.into());
-        Ok(PathBuf::from(base).join(&self.name))
+        Ok(ipam_base(&self.ipam)?.join(&self.name))
     }
 
     /// `delegate.ipMasq` if the config sets it; flannel's default otherwise.
@@ -283,8 +287,26 @@ fn parse_ipam(
         Some(v) => parse_routes(v)?,
         None => Vec::new(),
     };
+    Ok((subnet.trunc(), routes, ipam_base(ipam)?.join(name)))
+}
+
+/// `ipam.dataDir`, or host-local's default.
+fn ipam_base(ipam: &Map<String, Value>) -> Result<PathBuf, ConfigError> {
     let base = opt_str(ipam, "dataDir")?.unwrap_or_else(|| DEFAULT_IPAM_DIR.into());
-    Ok((subnet.trunc(), routes, PathBuf::from(base).join(name)))
+    let base = PathBuf::from(base);
+    refuse_empty_dir("ipam.dataDir", &base)?;
+    Ok(base)
+}
+
+/// An empty directory option would put the state wherever the runtime
+/// happens to run the plugin (its current directory).
+fn refuse_empty_dir(key: &str, dir: &std::path::Path) -> Result<(), ConfigError> {
+    if dir.as_os_str().is_empty() {
+        return Err(invalid(&format!(
+            "{key} must not be empty (it would put state in the current directory)"
+        )));
+    }
+    Ok(())
 }
 
 /// The network name names the IPAM directory: nothing path-like allowed.
@@ -424,7 +446,7 @@ mod tests {
     #[test]
     fn bad_configs_are_classified() {
         type IsExpected = fn(&ConfigError) -> bool;
-        let cases: [(&str, IsExpected); 7] = [
+        let cases: [(&str, IsExpected); 9] = [
             ("{", |e| matches!(e, ConfigError::Decode(_))),
             ("[1]", |e| matches!(e, ConfigError::Decode(_))),
             (r#"{"cniVersion":"0.2.0","name":"a"}"#, |e| {
@@ -440,6 +462,13 @@ mod tests {
             (r#"{"cniVersion":"1.0.0","name":"a","delegate":3}"#, |e| {
                 matches!(e, ConfigError::Decode(_))
             }),
+            (r#"{"cniVersion":"1.0.0","name":"a","dataDir":""}"#, |e| {
+                matches!(e, ConfigError::Invalid(_))
+            }),
+            (
+                r#"{"cniVersion":"1.0.0","name":"a","ipam":{"dataDir":""}}"#,
+                |e| matches!(e, ConfigError::Invalid(_)),
+            ),
         ];
         for (text, is_expected) in cases {
             let err = NetConf::parse(text.as_bytes()).unwrap_err();

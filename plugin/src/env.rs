@@ -48,6 +48,8 @@ pub enum EnvError {
     UnknownCommand(String),
     #[error("invalid characters in containerID {0:?}: must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")]
     ContainerId(String),
+    #[error("containerID is {0} bytes long: at most 255 fit in the file name of its saved config")]
+    ContainerIdTooLong(usize),
     #[error("invalid interface name {name:?}: {why}")]
     IfName { name: String, why: &'static str },
     #[error("invalid CNI_ARGS {0:?}: expected KEY=VALUE pairs separated by ';'")]
@@ -57,6 +59,9 @@ pub enum EnvError {
     #[error("invalid CNI_ARGS IP {0:?}: not an IPv4 address")]
     ArgsIp(String),
 }
+
+/// The saved config is a file named by the container ID (`NAME_MAX`).
+const MAX_CONTAINER_ID: usize = 255;
 
 /// Everything the environment says about one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +89,11 @@ impl CniEnv {
         if command.needs_container() {
             validate_container_id(&container_id)?;
             validate_ifname(&ifname)?;
+        }
+        // DEL of such an ID still runs: it has nothing on disk by that
+        // name to find, but releases what the IPAM store holds for it.
+        if command != Command::Del && container_id.len() > MAX_CONTAINER_ID {
+            return Err(EnvError::ContainerIdTooLong(container_id.len()));
         }
         let requested_ip = parse_args(&var("CNI_ARGS").unwrap_or_default())?;
         Ok(CniEnv {

@@ -34,12 +34,23 @@ pub enum Error {
         path: PathBuf,
         source: flannel_netlink::Error,
     },
+    #[error("failed to open netns {}: {source}", path.display())]
+    NotNetns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("netns {} is the plugin's own network namespace", .0.display())]
     OwnNetns(PathBuf),
     #[error("container veth name provided ({0}) already exists")]
     IfnameExists(String),
-    #[error("{bridge:?} already has an IP address different from {want}")]
-    BridgeAddress { bridge: String, want: String },
+    #[error(
+        "{bridge:?} already has an IP address different from {want}, and ports attached: {ports} (DEL their pods, or set forceAddress)"
+    )]
+    BridgeAddress {
+        bridge: String,
+        want: String,
+        ports: String,
+    },
     #[error("{bridge:?} exists and is not a bridge")]
     NotABridge { bridge: String },
     #[error(
@@ -73,7 +84,9 @@ impl Error {
     /// otherwise.
     pub fn code(&self) -> u32 {
         match self {
-            Error::Env(_) | Error::Netns { .. } | Error::OwnNetns(_) => code::INVALID_ENV,
+            Error::Env(_) | Error::Netns { .. } | Error::NotNetns { .. } | Error::OwnNetns(_) => {
+                code::INVALID_ENV
+            }
             Error::Config(ConfigError::Decode(_)) | Error::BadPrevResult(_) => {
                 code::DECODING_FAILURE
             }

@@ -88,24 +88,37 @@ fn release_allocations(
 
 /// Removes this network's saved configs of containers not kept, also
 /// those no allocation records: ADD saves its config before it reserves
-/// an address, so an ADD killed in between leaves only the config.
+/// an address, so an ADD killed in between leaves only the config. The
+/// directory may hold other files: only a file named as a container ID
+/// holding this network's delegate config goes, and temp files named as
+/// [`scratch::temp_name`] names them that no kept container's write uses.
 fn remove_unused_saved(conf: &NetConf, kept_ids: &HashSet<&str>) -> Result<()> {
-    for id in scratch::list(&conf.data_dir)? {
-        let unused = !kept_ids.contains(id.as_str()) && validate_container_id(&id).is_ok();
-        if unused && saved_for_network(conf, &id)? {
-            scratch::remove(&conf.data_dir, &id)?;
+    let kept_temps: HashSet<String> = kept_ids.iter().map(|id| scratch::temp_name(id)).collect();
+    for name in scratch::list(&conf.data_dir)? {
+        if scratch::is_temp_name(&name) {
+            if !kept_temps.contains(&name) {
+                scratch::remove_name(&conf.data_dir, &name)?;
+            }
+            continue;
+        }
+        let unused = !kept_ids.contains(name.as_str()) && validate_container_id(&name).is_ok();
+        if unused && saved_for_network(conf, &name)? {
+            scratch::remove(&conf.data_dir, &name)?;
         }
     }
     Ok(())
 }
 
-/// Whether the saved config of `id` is this network's. One that cannot be
-/// parsed (ADD killed while writing it) is of use to nobody: DEL ignores it.
+/// Whether `id`'s file is a saved config of this network. Anything else
+/// (not JSON, another network's, a file of someone else's) is not ours:
+/// saved configs are written atomically, so ours are always complete.
 fn saved_for_network(conf: &NetConf, id: &str) -> Result<bool> {
     match scratch::load(&conf.data_dir, id) {
-        Ok(Some(saved)) => Ok(saved.get("name").and_then(|n| n.as_str()) == Some(&conf.name)),
-        Ok(None) => Ok(false),
-        Err(ScratchError::Parse { .. }) => Ok(true),
+        Ok(Some(saved)) => Ok(
+            saved.get("name").and_then(|n| n.as_str()) == Some(&conf.name)
+                && saved.get("type").and_then(|t| t.as_str()).is_some(),
+        ),
+        Ok(None) | Err(ScratchError::Parse { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

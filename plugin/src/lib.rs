@@ -16,6 +16,7 @@ pub mod env;
 pub mod error;
 pub mod gc;
 pub mod masq;
+pub mod pod_netns;
 pub mod spec;
 pub mod wiring;
 

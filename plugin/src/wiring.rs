@@ -41,7 +41,11 @@ pub fn gateway_net(conf: &BridgeConf) -> IpNet {
 
 /// Looks at the bridge and refuses what the bridge plugin refuses: a link
 /// of that name that is not a bridge, or (as gateway) another IPv4 address
-/// on it without `forceAddress`.
+/// on it without `forceAddress` while pods are attached. A bridge without
+/// ports that still holds the gateway of the node's previous subnet (the
+/// subnet changed, e.g. after the node's lease was lost) serves nobody at
+/// that address: it is re-addressed, where flannel would fail every ADD
+/// until someone deletes the bridge by hand.
 pub fn inspect_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<BridgePlan> {
     let existing = host.link(&conf.bridge)?;
     let Some(link) = existing.as_ref() else {
@@ -74,12 +78,26 @@ pub fn inspect_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<BridgePlan
     plan.add_gateway = !v4.contains(&want);
     plan.stale = v4.into_iter().filter(|n| *n != want).collect();
     if !plan.stale.is_empty() && !conf.force_address {
-        return Err(Error::BridgeAddress {
-            bridge: conf.bridge.clone(),
-            want: want.to_string(),
-        });
+        let ports = ports_of(host, link.index)?;
+        if !ports.is_empty() {
+            return Err(Error::BridgeAddress {
+                bridge: conf.bridge.clone(),
+                want: want.to_string(),
+                ports: ports.join(", "),
+            });
+        }
     }
     Ok(plan)
+}
+
+/// The names of the links attached to the bridge at `index`.
+fn ports_of(host: &mut Handle, index: u32) -> Result<Vec<String>> {
+    let links = host.links()?;
+    Ok(links
+        .into_iter()
+        .filter(|l| l.master == Some(index))
+        .map(|l| l.name)
+        .collect())
 }
 
 /// Creates or fixes the bridge as planned; returns it (index and MAC).
@@ -103,7 +121,44 @@ pub fn apply_bridge(host: &mut Handle, conf: &BridgeConf, plan: BridgePlan) -> R
     if conf.promisc && !link.promisc {
         host.set_promisc(link.index, true)?;
     }
+    refuse_router_advertisements(&conf.bridge)?;
     Ok(link)
+}
+
+/// The node must not take IPv6 routes or addresses from router
+/// advertisements a pod sends (CVE-2020-10749): `accept_ra=0` on the
+/// bridge and on every host veth, as the reference bridge plugin does
+/// since 0.8.6. A node without IPv6 has nothing to turn off.
+pub fn refuse_router_advertisements(ifname: &str) -> Result<()> {
+    write_sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra"),
+        "0",
+        true,
+    )
+}
+
+/// Announces the pod's new address to its neighbours when the link comes
+/// up (gratuitous ARP), as the reference does; `/proc/sys/net` belongs to
+/// the namespace the opening thread is in, so this enters the pod's.
+pub fn set_arp_notify(pod_ns: &Netns, ifname: &str) -> Result<()> {
+    let _inside = flannel_netlink::NetnsGuard::enter(pod_ns)?;
+    write_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify"),
+        "1",
+        false,
+    )
+}
+
+/// Writes one sysctl of the calling thread's namespace; a missing file is
+/// fine when `optional` (that protocol is disabled).
+fn write_sysctl(path: &str, value: &str, optional: bool) -> Result<()> {
+    match std::fs::write(path, value) {
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        result => result.map_err(|source| Error::Io {
+            what: format!("set {path}"),
+            source,
+        }),
+    }
 }
 
 /// Creates the bridge, tolerating a concurrent ADD that created it first.
@@ -161,6 +216,8 @@ pub fn create_veth(
         Err(e) if e.is_exists() => return Err(Error::HostVethExists(host_name.to_string())),
         other => other?,
     }
+    // Before the pod end is up, so no advertisement can come first.
+    refuse_router_advertisements(host_name)?;
     let pod_link = pod
         .link(ifname)?
         .ok_or_else(|| Error::IfnameExists(ifname.to_string()))?;

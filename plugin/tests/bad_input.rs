@@ -208,7 +208,8 @@ fn existing_ifname_is_refused() {
     assert_untouched(&node, &pod, &["lo"], &["lo", "other0", "eth0"]);
 }
 
-/// A bridge with another address is refused unless forceAddress.
+/// A bridge with another address and ports attached is refused unless
+/// forceAddress, naming the ports.
 #[test]
 fn bridge_with_other_address_needs_force_address() {
     harness::require_root!();
@@ -217,14 +218,17 @@ fn bridge_with_other_address_needs_force_address() {
     node.ns.sh(&["ip", "link", "add", "cni0", "type", "bridge"]);
     node.ns
         .sh(&["ip", "addr", "add", "10.9.9.1/24", "dev", "cni0"]);
+    node.ns.sh(&[
+        "ip", "link", "add", "port0", "master", "cni0", "type", "veth", "peer", "name", "peer0",
+    ]);
     let mut conf = node.conf("0.3.1");
     let doc = refused_add(&node, "force", &pod, &conf);
     assert_eq!(doc["code"], 103, "{doc}");
     assert_msg_contains(
         &doc,
-        "already has an IP address different from 10.244.3.1/24",
+        "already has an IP address different from 10.244.3.1/24, and ports attached: port0",
     );
-    assert_untouched(&node, &pod, &["lo", "cni0"], &["lo"]);
+    assert_untouched(&node, &pod, &["lo", "cni0", "peer0", "port0"], &["lo"]);
     let addrs = node.ns.ip_json(&["-4", "addr", "show", "cni0"]);
     assert_eq!(addrs[0]["addr_info"][0]["local"], "10.9.9.1");
 

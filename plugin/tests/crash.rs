@@ -159,6 +159,13 @@ fn killed_add(at: KillPoint) -> (Node, Netns, String) {
 /// masquerade chain, nothing in the pod but `lo`.
 fn assert_nothing_left(node: &Node, pod: &Netns, at: KillPoint) {
     assert_eq!(node.allocated(), [], "{at:?}: IP files left");
+    let store_temps: Vec<String> = std::fs::read_dir(node.store())
+        .map(|d| d.map(|e| e.unwrap().file_name().into_string().unwrap()))
+        .into_iter()
+        .flatten()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert_eq!(store_temps, [] as [String; 0], "{at:?}: temp files left");
     assert_eq!(
         node.saved_configs(),
         [] as [String; 0],
@@ -197,7 +204,7 @@ fn assert_add_works_again(node: &Node, pod: &Netns, id: &str, at: KillPoint) {
 /// The steps of ADD a user can see done, in [`done_so_far`]'s order.
 const STEPS: [&str; 8] = [
     "saved config",
-    "IP file, owner not written",
+    "IP temp file, not yet linked",
     "IP file",
     "bridge",
     "host veth",
@@ -213,7 +220,7 @@ fn done_so_far(node: &Node, pod: &Netns, id: &str) -> Vec<&'static str> {
     let addrs = pod.ip_json(&["-4", "addr", "show"]).to_string();
     let done = [
         !node.saved_configs().is_empty(),
-        allocated.iter().any(|(_, owner)| owner.is_empty()),
+        node.store().join(".reserve.tmp").exists(),
         allocated.iter().any(|(_, owner)| !owner.is_empty()),
         links.iter().any(|l| l == "cni0"),
         links.contains(&node_state::host_veth_name(id, IFNAME)),

@@ -13,17 +13,26 @@
 //!
 //! `FLANNEL_SUBNET` holds the *gateway* (first usable address) with the
 //! subnet's prefix length, not the network address.
+//!
+//! The file is validated whole before a reader acts on it: the node's
+//! subnet must lie inside the cluster network, neither may be loopback,
+//! multicast or unspecified, and the file itself must be a regular file of
+//! at most [`MAX_SIZE`] bytes (read without blocking: a FIFO or
+//! `/dev/zero` in its place is refused, not waited on or read forever).
 
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
 /// Default location, as in flannel.
 pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
+/// The largest file read: flannel's is about 120 bytes.
+pub const MAX_SIZE: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,6 +48,8 @@ pub enum Error {
     },
     #[error("{path}: {key} is missing")]
     Missing { path: PathBuf, key: &'static str },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
 }
 
 impl Error {
@@ -85,11 +96,34 @@ impl SubnetEnv {
         self.subnet.addr()
     }
 
+    /// Reads and validates the file; see the module notes for the bounds.
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Read {
+        let read_err = |source| Error::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(read_err)?;
+        let invalid = |msg: String| Error::Invalid {
+            path: path.to_owned(),
+            msg,
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.file_type().is_file() {
+            return Err(invalid("not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        // The size can change after the check: read at most one byte more.
+        file.take(MAX_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if meta.len() > MAX_SIZE || bytes.len() as u64 > MAX_SIZE {
+            return Err(invalid(format!("larger than {MAX_SIZE} bytes")));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
         Self::parse(path, &text)
     }
 
@@ -127,12 +161,51 @@ impl SubnetEnv {
             path: path.to_owned(),
             key,
         };
-        Ok(SubnetEnv {
+        let env = SubnetEnv {
             network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
             subnet: subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?,
             mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
             ipmasq: ipmasq.unwrap_or(false),
-        })
+        };
+        env.validate().map_err(|msg| Error::Invalid {
+            path: path.to_owned(),
+            msg,
+        })?;
+        Ok(env)
+    }
+
+    /// The values together: what a reader may build a bridge and routes
+    /// from.
+    fn validate(&self) -> Result<(), String> {
+        for (key, net) in [
+            ("FLANNEL_NETWORK", self.network),
+            ("FLANNEL_SUBNET", self.subnet),
+        ] {
+            let ip = net.addr();
+            let what = if ip.is_loopback() {
+                "loopback"
+            } else if ip.is_multicast() {
+                "multicast"
+            } else if ip.is_unspecified() || net.network().is_unspecified() {
+                "unspecified"
+            } else if ip.is_broadcast() {
+                "broadcast"
+            } else {
+                continue;
+            };
+            return Err(format!("{key}={net} is a {what} address"));
+        }
+        let node = self.node_subnet();
+        if !self.network.contains(&node) {
+            return Err(format!(
+                "FLANNEL_SUBNET={} is not inside FLANNEL_NETWORK={}",
+                self.subnet, self.network
+            ));
+        }
+        if !(68..=65535).contains(&self.mtu) {
+            return Err(format!("FLANNEL_MTU={} is not within 68-65535", self.mtu));
+        }
+        Ok(())
     }
 
     /// Writes the file atomically (temp file in the same directory, fsync,
@@ -226,5 +299,61 @@ mod tests {
         assert!(SubnetEnv::read(Path::new("/nonexistent/subnet.env"))
             .unwrap_err()
             .is_not_found());
+    }
+
+    fn with(network: &str, subnet: &str, mtu: &str) -> String {
+        format!("FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU={mtu}\n")
+    }
+
+    #[test]
+    fn values_are_validated_together() {
+        let cases = [
+            (with("10.244.0.0/16", "10.245.3.1/24", "1450"), "not inside"),
+            (with("10.244.0.0/16", "10.0.0.1/8", "1450"), "not inside"),
+            (with("127.0.0.0/8", "127.0.3.1/24", "1450"), "loopback"),
+            (with("10.244.0.0/16", "127.0.0.1/24", "1450"), "loopback"),
+            (with("224.0.0.0/4", "224.1.0.1/24", "1450"), "multicast"),
+            (with("0.0.0.0/0", "10.1.0.1/24", "1450"), "unspecified"),
+            (with("10.244.0.0/16", "0.0.0.0/24", "1450"), "unspecified"),
+            (with("10.244.0.0/16", "10.244.3.1/24", "0"), "FLANNEL_MTU"),
+            (
+                with("10.244.0.0/16", "10.244.3.1/24", "70000"),
+                "FLANNEL_MTU",
+            ),
+        ];
+        for (text, msg) in cases {
+            let err = SubnetEnv::parse(Path::new("f"), &text).unwrap_err();
+            assert!(matches!(err, Error::Invalid { .. }), "{text}: {err}");
+            assert!(err.to_string().contains(msg), "{text}: {err}");
+        }
+        SubnetEnv::parse(
+            Path::new("f"),
+            &with("10.244.0.0/16", "10.244.255.1/24", "68"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn reads_are_bounded_and_never_block() {
+        let dir = std::env::temp_dir().join(format!("subnet-env-read-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let big = dir.join("big");
+        let mut text = FLANNEL.to_string();
+        text.push_str(&"#".repeat(MAX_SIZE as usize));
+        fs::write(&big, text).unwrap();
+        for (path, msg) in [
+            (fifo.as_path(), "not a regular file"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (big.as_path(), "larger than 65536 bytes"),
+            (dir.as_path(), "not a regular file"),
+        ] {
+            let err = SubnetEnv::read(path).unwrap_err();
+            assert!(err.to_string().contains(msg), "{}: {err}", path.display());
+        }
+        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -149,6 +149,11 @@ pub fn allocated_in(store: &Path) -> Vec<(Ipv4Addr, String)> {
         .filter_map(|e| {
             let e = e.unwrap();
             let ip = e.file_name().to_str()?.parse().ok()?;
+            // A FIFO planted under an IP's name is nobody's allocation
+            // (and reading it would block).
+            if !e.file_type().unwrap().is_file() {
+                return None;
+            }
             Some((ip, std::fs::read_to_string(e.path()).unwrap()))
         })
         .collect();

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod log;
 pub mod masq;
 pub mod metrics;
+pub mod reclaim;
 pub mod status;
 pub mod util;
 

@@ -192,7 +192,10 @@ fn errors_name_the_flag_and_the_value() {
             &["--ipam-reclaim-grace=soon"],
             &["--ipam-reclaim-grace", "\"soon\" is not a duration"],
         ),
-        (&["--ipam-reclaim-grace=-5s"], &["--ipam-reclaim-grace", "-5s"]),
+        (
+            &["--ipam-reclaim-grace=-5s"],
+            &["--ipam-reclaim-grace", "-5s"],
+        ),
     ];
     for (args, needles) in cases {
         let err = error(args, &env);
@@ -219,7 +222,17 @@ fn reclaim_grace_takes_go_durations_or_seconds() {
     for (text, want) in cases {
         assert_eq!(duration(text), Ok(want), "{text}");
     }
-    for bad in ["", "s", "5x", "1m5", ".s", "1..5s", "-1s", "1e3s", "99999999999999999999h"] {
+    for bad in [
+        "",
+        "s",
+        "5x",
+        "1m5",
+        ".s",
+        "1..5s",
+        "-1s",
+        "1e3s",
+        "99999999999999999999h",
+    ] {
         assert!(duration(bad).is_err(), "{bad:?}");
     }
     let env = env_of(&[("FLANNELD_IPAM_RECLAIM_GRACE", "2s")]);

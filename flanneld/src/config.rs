@@ -321,8 +321,8 @@ mod tests {
         let c = NetworkConfig::parse(r#"{"Network":"255.255.0.0/16","Backend":{"Type":"vxlan"}}"#)
             .unwrap();
         assert_eq!(c.subnet_max.to_string(), "255.255.255.0");
-        let all = NetworkConfig::parse(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#)
-            .unwrap();
+        let all =
+            NetworkConfig::parse(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(all.subnet_min.to_string(), "0.0.1.0");
         assert_eq!(all.subnet_max.to_string(), "255.255.255.0");
     }

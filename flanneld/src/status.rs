@@ -20,11 +20,11 @@ use crate::backend::{nexthop, pending, plan, read_actual, Actual, Desired, Entry
 use crate::cli::Options;
 use crate::config::NetworkConfig;
 use crate::lease::etcd::EtcdStore;
-use crate::reclaim::reservations;
 use crate::lease::{
     config_key, format_mac, subnets_prefix, LeaseAttrs, LeaseStore, Own, Peer, PeerSet, Record,
     Rules, SkipReason,
 };
+use crate::reclaim::reservations;
 
 /// Exit code when some peer entry is missing.
 pub const EXIT_MISSING: u8 = 3;

@@ -99,11 +99,16 @@ fn a_pod_gone_without_del_loses_its_ip_chain_and_saved_config_a_running_one_keep
     let start = Instant::now();
     crash(crashed);
     // Counted once the IP is released.
-    wait_until(Duration::from_secs(15), "the crashed pod's IP reclaimed", || {
-        node.metric(RECLAIMED) == 1.0
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the crashed pod's IP reclaimed",
+        || node.metric(RECLAIMED) == 1.0,
+    );
     let took = start.elapsed();
-    assert!(took >= GRACE, "reclaimed after {took:?}, before the grace period");
+    assert!(
+        took >= GRACE,
+        "reclaimed after {took:?}, before the grace period"
+    );
     assert_eq!(kept(node, crashed), NONE);
     let line = format!(
         "reclaimed IP {} of container {:?} (eth0, network cbr0): host veth {} absent for",
@@ -117,7 +122,13 @@ fn a_pod_gone_without_del_loses_its_ip_chain_and_saved_config_a_running_one_keep
     std::thread::sleep(GRACE * 3);
     assert_eq!(kept(node, live), ALL);
     assert_eq!(node.metric(RECLAIMED), 1.0);
-    let gateway = node.subnet_env().subnet.split('/').next().unwrap().to_owned();
+    let gateway = node
+        .subnet_env()
+        .subnet
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     assert!(live.ping(&gateway));
     // The runtime's late DEL of the crashed pod finds nothing and succeeds.
     let out = c.node_mut(0).del_pod("crashed");
@@ -170,15 +181,19 @@ fn an_add_in_progress_is_left_alone_and_the_check_is_made_under_the_lock() {
         node.metric(RECLAIMED) == 1.0
     });
     assert!(!file.exists() && file2.exists());
-    assert!(store.dir().join(node.pod("first").ip().to_string()).exists());
+    assert!(store
+        .dir()
+        .join(node.pod("first").ip().to_string())
+        .exists());
 }
 
 /// A veth pair in the node named as the plugin names a pod's host end
 /// (its peer stays in the node: only the name matters here).
 fn add_veth(node: &Node, name: &str) {
     let peer = harness::unique("rp");
-    node.netns()
-        .sh(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
+    node.netns().sh(&[
+        "ip", "link", "add", name, "type", "veth", "peer", "name", &peer,
+    ]);
 }
 
 #[test]
@@ -192,7 +207,10 @@ fn a_range_exhausted_by_crashed_pods_is_usable_again() {
     }
     let out = node.try_add_pod("one-too-many").unwrap_err();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("no IP addresses available in range set"), "{stdout}");
+    assert!(
+        stdout.contains("no IP addresses available in range set"),
+        "{stdout}"
+    );
     let node = c.node(0);
     for i in 0..3 {
         crash(node.pod(&format!("p{i}")));

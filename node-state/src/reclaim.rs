@@ -201,7 +201,9 @@ mod tests {
         for ok in ["a", "abc0.3.1", "9_x-y.z", "A"] {
             assert!(is_valid_container_id(ok), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "-a", "_a", ".a", "a b", "a\n", "é"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "-a", "_a", ".a", "a b", "a\n", "é",
+        ] {
             assert!(!is_valid_container_id(bad), "{bad:?}");
         }
     }

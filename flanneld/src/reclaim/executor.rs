@@ -101,13 +101,7 @@ impl Reclaimer {
         let dir = &self.settings.ipam_dir;
         let found = reservations(dir).with_context(|| format!("reading {}", dir.display()))?;
         let links = Links::new(&self.handle.links().context("listing links")?);
-        let d = decide(
-            &found,
-            &links,
-            now,
-            self.settings.grace,
-            &self.absent_since,
-        );
+        let d = decide(&found, &links, now, self.settings.grace, &self.absent_since);
         self.absent_since = d.absent_since;
         self.note_unknown(d.unknown_veths);
         for c in d.reclaim {

@@ -92,8 +92,20 @@ fn a_veth_seen_again_restarts_the_grace_period() {
     );
     assert!(back.absent_since.is_empty() && back.reclaim.is_empty());
     // Gone again at 50 s: counted from 50 s, not from 0.
-    let again = decide(&[r.clone()], &absent, t0 + secs(50), GRACE, &back.absent_since);
-    let at_100 = decide(&[r.clone()], &absent, t0 + secs(100), GRACE, &again.absent_since);
+    let again = decide(
+        &[r.clone()],
+        &absent,
+        t0 + secs(50),
+        GRACE,
+        &back.absent_since,
+    );
+    let at_100 = decide(
+        &[r.clone()],
+        &absent,
+        t0 + secs(100),
+        GRACE,
+        &again.absent_since,
+    );
     assert!(at_100.reclaim.is_empty());
     let at_111 = decide(&[r], &absent, t0 + secs(111), GRACE, &at_100.absent_since);
     assert_eq!(at_111.reclaim.len(), 1);
@@ -132,7 +144,13 @@ fn an_unknown_pod_veth_pauses_reclaiming_until_it_goes() {
     assert!(d.reclaim.is_empty());
     assert_eq!(d.unknown_veths, ["veth5f3a9c21"]);
     // Still tracked: once the unknown veth is gone, it goes at once.
-    let d = decide(&all, &links(&[&ours], &[]), t0 + secs(601), GRACE, &d.absent_since);
+    let d = decide(
+        &all,
+        &links(&[&ours], &[]),
+        t0 + secs(601),
+        GRACE,
+        &d.absent_since,
+    );
     assert!(d.unknown_veths.is_empty());
     assert_eq!(d.reclaim.len(), 1);
     assert_eq!(d.reclaim[0].absent_for, secs(601));
@@ -195,7 +213,12 @@ fn reservations_are_read_from_every_store() {
         .iter()
         .map(|r| {
             let ip = r.ip.to_string();
-            (r.network.as_str(), ip, r.container_id.as_str(), r.ifname.as_str())
+            (
+                r.network.as_str(),
+                ip,
+                r.container_id.as_str(),
+                r.ifname.as_str(),
+            )
         })
         .collect();
     assert_eq!(
@@ -219,5 +242,8 @@ fn passes_come_at_most_every_10_s_and_twice_per_grace_period() {
     };
     assert_eq!(s(secs(60)).interval(), secs(10));
     assert_eq!(s(secs(2)).interval(), secs(1));
-    assert_eq!(s(Duration::from_millis(10)).interval(), Duration::from_millis(100));
+    assert_eq!(
+        s(Duration::from_millis(10)).interval(),
+        Duration::from_millis(100)
+    );
 }

@@ -81,10 +81,16 @@ fn a_veth_seen_again_restarts_the_grace_period() {
     let r = res(2, "flap");
     let t0 = Instant::now();
     let absent = links(&[], &[]);
-    let first = decide(&[r.clone()], &absent, t0, GRACE, &HashMap::new());
+    let first = decide(
+        std::slice::from_ref(&r),
+        &absent,
+        t0,
+        GRACE,
+        &HashMap::new(),
+    );
     // The veth appears (the ADD finished): forgotten.
     let back = decide(
-        &[r.clone()],
+        std::slice::from_ref(&r),
         &links(&[&r], &[]),
         t0 + secs(40),
         GRACE,
@@ -93,14 +99,14 @@ fn a_veth_seen_again_restarts_the_grace_period() {
     assert!(back.absent_since.is_empty() && back.reclaim.is_empty());
     // Gone again at 50 s: counted from 50 s, not from 0.
     let again = decide(
-        &[r.clone()],
+        std::slice::from_ref(&r),
         &absent,
         t0 + secs(50),
         GRACE,
         &back.absent_since,
     );
     let at_100 = decide(
-        &[r.clone()],
+        std::slice::from_ref(&r),
         &absent,
         t0 + secs(100),
         GRACE,
@@ -121,7 +127,7 @@ fn a_reservation_handed_to_another_pod_starts_afresh() {
     let first = decide(&[old], &Links::default(), t0, GRACE, &HashMap::new());
     let new = res(2, "new");
     let d = decide(
-        &[new.clone()],
+        std::slice::from_ref(&new),
         &Links::default(),
         t0 + secs(90),
         GRACE,

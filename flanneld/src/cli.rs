@@ -61,6 +61,9 @@ pub struct Options {
     pub verbosity: u32,
     pub log_format: LogFormat,
     pub ipam_dir: PathBuf,
+    /// Zero: no reclaim.
+    pub ipam_reclaim_grace: Duration,
+    pub cni_data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,7 +233,7 @@ struct Args {
         value_parser = go_bool
     )]
     graceful_leave: bool,
-    /// status: host-local IPAM stores to list pods from
+    /// host-local IPAM stores (one directory per network): status lists pods from them, the daemon reclaims the IPs of pods that are gone
     #[arg(
         long,
         env = "FLANNELD_IPAM_DIR",
@@ -238,6 +241,23 @@ struct Args {
         default_value = "/var/lib/cni/networks"
     )]
     ipam_dir: PathBuf,
+    /// reclaim the IP of a pod whose host veth has been gone this long (e.g. 60s, 5m; 0 disables)
+    #[arg(
+        long,
+        env = "FLANNELD_IPAM_RECLAIM_GRACE",
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = duration
+    )]
+    ipam_reclaim_grace: Duration,
+    /// the CNI plugin's dataDir (its saved per-pod configs, removed with a reclaimed IP)
+    #[arg(
+        long,
+        env = "FLANNELD_CNI_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/cni/flannel"
+    )]
+    cni_data_dir: PathBuf,
     /// log verbosity (0: info; 1: debug; 2: trace, and the libraries' info; 3, 4: their debug, trace)
     #[arg(
         short = 'v',
@@ -425,6 +445,8 @@ impl Args {
             verbosity: self.verbosity,
             log_format: self.log_format,
             ipam_dir: self.ipam_dir,
+            ipam_reclaim_grace: self.ipam_reclaim_grace,
+            cni_data_dir: self.cni_data_dir,
         }
     }
 }
@@ -473,6 +495,43 @@ fn seconds(v: &str) -> Result<Duration, String> {
         0 => Err("must be at least 1".into()),
         secs => Ok(Duration::from_secs(secs)),
     }
+}
+
+/// A duration as Go's `time.ParseDuration` reads it (`60s`, `1m30s`,
+/// `500ms`, `1.5h`; units ns, us, µs, ms, s, m, h), or a bare number of
+/// seconds like the other flags.
+pub fn duration(v: &str) -> Result<Duration, String> {
+    let text = v.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let bad = || format!("{text:?} is not a duration (e.g. 60s, 5m, 1m30s, 500ms)");
+    // Nanoseconds, rounded once at the end, so 250ms is exactly 0.25 s.
+    let (mut rest, mut nanos) = (text, 0f64);
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let is_num = |c: char| c.is_ascii_digit() || c == '.';
+        let num_end = rest.find(|c| !is_num(c)).ok_or_else(bad)?;
+        let (num, after) = rest.split_at(num_end);
+        let (unit, next) = after.split_at(after.find(is_num).unwrap_or(after.len()));
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        nanos += num.parse::<f64>().map_err(|_| bad())? * scale;
+        rest = next;
+    }
+    if !(0.0..u64::MAX as f64).contains(&nanos.round()) {
+        return Err(bad());
+    }
+    Ok(Duration::from_nanos(nanos.round() as u64))
 }
 
 fn renew_margin(v: &str) -> Result<Duration, String> {

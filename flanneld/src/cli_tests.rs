@@ -44,6 +44,8 @@ fn defaults_are_flannels() {
     assert_eq!(o.verbosity, 0);
     assert_eq!(o.log_format, LogFormat::Text);
     assert_eq!(o.ipam_dir, PathBuf::from("/var/lib/cni/networks"));
+    assert_eq!(o.ipam_reclaim_grace, Duration::from_secs(60));
+    assert_eq!(o.cni_data_dir, PathBuf::from("/var/lib/cni/flannel"));
     assert_eq!(parse(["run"], &HashMap::new()), Ok(Command::Run(o)));
 }
 
@@ -186,6 +188,14 @@ fn errors_name_the_flag_and_the_value() {
         (&["-v=-1"], &["--v", "-1"]),
         (&["status", "extra"], &["extra"]),
         (&["--ip-masq", "false"], &["false"]),
+        (
+            &["--ipam-reclaim-grace=soon"],
+            &["--ipam-reclaim-grace", "\"soon\" is not a duration"],
+        ),
+        (
+            &["--ipam-reclaim-grace=-5s"],
+            &["--ipam-reclaim-grace", "-5s"],
+        ),
     ];
     for (args, needles) in cases {
         let err = error(args, &env);
@@ -193,6 +203,43 @@ fn errors_name_the_flag_and_the_value() {
             assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
         }
     }
+}
+
+#[test]
+fn reclaim_grace_takes_go_durations_or_seconds() {
+    let secs = |s: f64| Duration::from_secs_f64(s);
+    let cases = [
+        ("60s", secs(60.0)),
+        ("0", secs(0.0)),
+        ("0s", secs(0.0)),
+        ("90", secs(90.0)),
+        ("5m", secs(300.0)),
+        ("1h30m", secs(5400.0)),
+        ("1.5s", secs(1.5)),
+        ("250ms", secs(0.25)),
+        (" 2s ", secs(2.0)),
+    ];
+    for (text, want) in cases {
+        assert_eq!(duration(text), Ok(want), "{text}");
+    }
+    for bad in [
+        "",
+        "s",
+        "5x",
+        "1m5",
+        ".s",
+        "1..5s",
+        "-1s",
+        "1e3s",
+        "99999999999999999999h",
+    ] {
+        assert!(duration(bad).is_err(), "{bad:?}");
+    }
+    let env = env_of(&[("FLANNELD_IPAM_RECLAIM_GRACE", "2s")]);
+    assert_eq!(run_with(&[], &env).ipam_reclaim_grace, secs(2.0));
+    let o = run(&["-ipam-reclaim-grace", "0", "--cni-data-dir=/x/flannel"]);
+    assert_eq!(o.ipam_reclaim_grace, Duration::ZERO);
+    assert_eq!(o.cni_data_dir, PathBuf::from("/x/flannel"));
 }
 
 /// The settings the shipped systemd unit documents and the DaemonSet sets.

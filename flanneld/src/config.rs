@@ -67,7 +67,9 @@ impl NetworkConfig {
         let subnet_len = parse_subnet_len(obj, network)?;
         let size = 1u32 << (32 - u32::from(subnet_len));
         let default_min = Ipv4Addr::from(u32::from(network.network()) + size);
-        let default_max = Ipv4Addr::from(u32::from(network.broadcast()) + 1 - size);
+        // Not broadcast + 1 - size: that overflows for a network ending at
+        // 255.255.255.255.
+        let default_max = Ipv4Addr::from(u32::from(network.broadcast()) - (size - 1));
         let subnet_min = parse_bound(obj, "SubnetMin", network, subnet_len, default_min)?;
         let subnet_max = parse_bound(obj, "SubnetMax", network, subnet_len, default_max)?;
         if subnet_min > subnet_max {
@@ -327,6 +329,17 @@ mod tests {
         assert_eq!(small.subnet_len, 28);
         assert_eq!(small.subnet_min.to_string(), "10.1.2.16");
         assert_eq!(small.subnet_max.to_string(), "10.1.2.48");
+    }
+
+    #[test]
+    fn a_network_at_the_top_of_the_address_space() {
+        let c = NetworkConfig::parse(r#"{"Network":"255.255.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        assert_eq!(c.subnet_max.to_string(), "255.255.255.0");
+        let all =
+            NetworkConfig::parse(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(all.subnet_min.to_string(), "0.0.1.0");
+        assert_eq!(all.subnet_max.to_string(), "255.255.255.0");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod log;
 pub mod masq;
 pub mod metrics;
 pub mod nftables;
+pub mod reclaim;
 pub mod status;
 pub mod util;
 

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub store_resets: Counter,
     pub firewall_syncs: Counter,
     pub firewall_errors: Counter,
+    /// IPs of pods gone without DEL that were released.
+    pub ipam_reclaimed: Counter,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,7 @@ impl Default for Metrics {
             store_resets: Counter::default(),
             firewall_syncs: Counter::default(),
             firewall_errors: Counter::default(),
+            ipam_reclaimed: Counter::default(),
         };
         m.register();
         m
@@ -127,6 +130,11 @@ impl Metrics {
         );
         self.register_lease_and_firewall();
         self.register_untrusted();
+        self.registry.register(
+            "flanneld_ipam_reclaimed",
+            "IPs released because their pod's host veth was gone longer than the grace period",
+            self.ipam_reclaimed.clone(),
+        );
     }
 
     /// What flanneld refused or repaired of what it read from etcd.
@@ -285,6 +293,7 @@ mod tests {
                 "flanneld_lease_overwrites counter",
                 "flanneld_config_changes counter",
                 "flanneld_etcd_resets counter",
+                "flanneld_ipam_reclaimed counter",
             ]
         );
         let names: Vec<String> = samples(&text)
@@ -314,6 +323,7 @@ mod tests {
                 "flanneld_lease_overwrites_total",
                 "flanneld_config_changes_total",
                 "flanneld_etcd_resets_total",
+                "flanneld_ipam_reclaimed_total",
             ]
         );
         assert!(text.contains("# HELP flanneld_peers remote nodes in the leases.\n"));

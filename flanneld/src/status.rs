@@ -13,8 +13,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use flannel_netlink::Handle;
 use ipnet::Ipv4Net;
-use node_state::host_veth_name;
-use node_state::ipam::Store;
 use subnet_env::SubnetEnv;
 
 use crate::backend::device::device_name;
@@ -26,6 +24,7 @@ use crate::lease::{
     config_key, format_mac, subnets_prefix, LeaseAttrs, LeaseStore, Own, Peer, PeerSet, Record,
     Rules, SkipReason,
 };
+use crate::reclaim::reservations;
 
 /// Exit code when some peer entry is missing.
 pub const EXIT_MISSING: u8 = 3;
@@ -207,27 +206,18 @@ fn rows(d: &Desired, a: &Actual) -> Vec<PeerRow> {
 /// Pods from every host-local store under `dir` (one directory per network).
 fn pods(h: &mut Handle, dir: &Path) -> anyhow::Result<Vec<PodRow>> {
     let links: HashSet<String> = h.links()?.into_iter().map(|l| l.name).collect();
-    let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(rows);
-    };
-    for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-        let network = entry.file_name().to_string_lossy().into_owned();
-        let Ok(store) = Store::open(entry.path()) else {
-            continue;
-        };
-        for a in store.allocations()? {
-            let host_veth = host_veth_name(&a.container_id, &a.ifname);
-            rows.push(PodRow {
-                network: network.clone(),
-                ip: a.ip.to_string(),
-                veth_present: links.contains(&host_veth),
-                host_veth,
-                container_id: a.container_id,
-                ifname: a.ifname,
-            });
+    let rows = reservations(dir)?.into_iter().map(|r| {
+        let host_veth = r.host_veth();
+        PodRow {
+            network: r.network,
+            ip: r.ip.to_string(),
+            veth_present: links.contains(&host_veth),
+            host_veth,
+            container_id: r.container_id,
+            ifname: r.ifname,
         }
-    }
+    });
+    let mut rows: Vec<PodRow> = rows.collect();
     rows.sort_by(|a, b| (&a.network, &a.ip).cmp(&(&b.network, &b.ip)));
     Ok(rows)
 }

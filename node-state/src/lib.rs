@@ -21,6 +21,7 @@ pub mod ipam;
 pub mod iptables;
 pub mod mac;
 pub mod nft;
+pub mod reclaim;
 pub mod saved_rules;
 pub mod scratch;
 pub mod veth;

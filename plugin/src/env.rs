@@ -127,10 +127,7 @@ fn check_required(cmd: Command, id: &str, ifname: &str, has_netns: bool) -> Resu
 /// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`: the ID names files on disk, so nothing
 /// that could climb out of a directory gets through.
 pub fn validate_container_id(id: &str) -> Result<(), EnvError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if first_ok && rest_ok {
+    if node_state::reclaim::is_valid_container_id(id) {
         Ok(())
     } else {
         Err(EnvError::ContainerId(id.to_string()))

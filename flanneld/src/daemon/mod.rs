@@ -1,6 +1,7 @@
 //! The daemon: one single-threaded async loop for the lease store (lease,
 //! watch, renewal), a reconciler thread that owns the datapath, a thread
-//! listening to kernel notifications, and a firewall thread.
+//! listening to kernel notifications, a firewall thread, and a thread
+//! reclaiming the IPs of pods gone without DEL ([`crate::reclaim`]).
 //!
 //! - `bootstrap`: the edge, run once: public interface, etcd client,
 //!   network config, VTEP MAC, first lease.
@@ -125,6 +126,7 @@ async fn start(opts: Options) -> anyhow::Result<()> {
     let (rtx, rrx) = channel();
     let (ftx, frx) = channel();
     let threads = spawn_threads(&opts, &shared, rrx, frx, rtx.clone());
+    let reclaim = crate::reclaim::spawn(reclaim_settings(&opts), shared.clone())?;
     let channels = Channels {
         reconciler: rtx,
         firewall: ftx,
@@ -137,8 +139,20 @@ async fn start(opts: Options) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
+    if let Some((stop, thread)) = reclaim {
+        drop(stop);
+        let _ = thread.join();
+    }
     d.leave().await;
     Ok(())
+}
+
+fn reclaim_settings(opts: &Options) -> crate::reclaim::Settings {
+    crate::reclaim::Settings {
+        ipam_dir: opts.ipam_dir.clone(),
+        cni_data_dir: opts.cni_data_dir.clone(),
+        grace: opts.ipam_reclaim_grace,
+    }
 }
 
 async fn serve_http(opts: &Options, shared: &Arc<Shared>) -> anyhow::Result<()> {

@@ -110,7 +110,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.split(':');
     for byte in &mut out {
         let p = parts.next()?;
-        if p.len() != 2 {
+        // from_str_radix alone would take a sign: "+f".
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         *byte = u8::from_str_radix(p, 16).ok()?;
@@ -174,5 +175,6 @@ mod tests {
         assert!(bad_mac.vxlan_data().unwrap_err().contains("VtepMAC"));
         assert_eq!(parse_mac("c6:d2:32:6f:8f"), None);
         assert_eq!(parse_mac("c6:d2:32:6f:8f:44:00"), None);
+        assert_eq!(parse_mac("+6:d2:32:6f:8f:44"), None);
     }
 }

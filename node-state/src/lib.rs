@@ -15,6 +15,8 @@
 //! - [`saved_rules`]: one parser of `iptables-save` output.
 //! - [`mac`]: random locally administered MAC addresses.
 //! - [`files`]: atomic writes and bounded, non-blocking reads of state.
+//! - [`reclaim`]: a pod's masquerade chain name and what the plugin's DEL
+//!   removes, for flanneld's reclaim of pods gone without DEL.
 
 pub mod files;
 pub mod ipam;

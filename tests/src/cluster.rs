@@ -275,6 +275,12 @@ impl Cluster {
             "eth0".to_string(),
             "--subnet-file".to_string(),
             node_dir.join("subnet.env").display().to_string(),
+            // The node's own plugin state, which flanneld's IP reclaim reads
+            // (see node_cni_conf), never the machine's.
+            "--ipam-dir".to_string(),
+            node_dir.join("ipam").display().to_string(),
+            "--cni-data-dir".to_string(),
+            node_dir.join("flannel").display().to_string(),
         ];
         if self.opts.healthz {
             let port = HEALTHZ_PORT.to_string();

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::plot::{cdfs, CdfPanel, Series};
 use crate::report::{Section, Table};
-use crate::stats::{ms, quantiles, ratio};
+use crate::stats::quantiles;
 use crate::Opts;
 
 pub fn run(o: &Opts) -> Result<Section> {
@@ -67,16 +67,7 @@ fn series(data: &Value, name: &str, what: &str) -> Vec<f64> {
 }
 
 fn table(data: &Value) -> Table {
-    let mut table = Table::new(&[
-        "measurement",
-        "ours p50",
-        "ours p95",
-        "ours p99",
-        "reference p50",
-        "reference p95",
-        "reference p99",
-        "ours / reference (p50)",
-    ]);
+    let mut table = Table::versus_reference();
     for (verb, what, label) in [
         ("add", "wall_ms", "CNI ADD (wall)"),
         ("del", "wall_ms", "CNI DEL (wall)"),
@@ -85,11 +76,7 @@ fn table(data: &Value) -> Table {
     ] {
         let ours = quantiles(&series(data, &format!("ours_{verb}"), what));
         let reference = quantiles(&series(data, &format!("ref_{verb}"), what));
-        let mut row = vec![label.to_string()];
-        row.extend([ours.p50, ours.p95, ours.p99].map(ms));
-        row.extend([reference.p50, reference.p95, reference.p99].map(ms));
-        row.push(ratio(ours.p50, reference.p50));
-        table.row(row);
+        table.compare(label, &ours, &reference);
     }
     table
 }

@@ -141,20 +141,7 @@ pub fn lines_loglog(
         .y_label_formatter(&|y| short(*y))
         .draw()
         .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(s.data.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(&s.name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(s.data.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(err)?;
-    }
-    legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    points_joined(&mut chart, series)
 }
 
 /// Lines of (x, y) points, x log-scaled, y linear from zero.
@@ -189,20 +176,7 @@ pub fn lines_logx(
         .x_label_formatter(&|x| short(*x))
         .draw()
         .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(s.data.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(&s.name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(s.data.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(err)?;
-    }
-    legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    points_joined(&mut chart, series)
 }
 
 /// Vertical bars with their value written above each.
@@ -246,6 +220,31 @@ pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> 
         chart.draw_series(std::iter::once(text)).map_err(err)?;
     }
     root.present().map_err(err)
+}
+
+/// Each series as a line through its points, marked, with the legend.
+fn points_joined<'a, DB: DrawingBackend + 'a, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    series: &[Series<Vec<(f64, f64)>>],
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(s.data.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(&s.name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(s.data.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(err)?;
+    }
+    legend(chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(

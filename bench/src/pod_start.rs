@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::plot::{cdfs, CdfPanel, Series};
 use crate::report::{Section, Table};
-use crate::stats::{ms, quantiles, ratio};
+use crate::stats::quantiles;
 use crate::Opts;
 
 /// The reference conflist: Debian's bridge + host-local with what flannel's
@@ -118,26 +118,8 @@ fn section(o: &Opts, ours: &[f64], reference: &[f64], pods: usize) -> Result<Sec
         ),
     );
     let (q, r) = (quantiles(ours), quantiles(reference));
-    let mut table = Table::new(&[
-        "measurement",
-        "ours p50",
-        "ours p95",
-        "ours p99",
-        "reference p50",
-        "reference p95",
-        "reference p99",
-        "ours / reference (p50)",
-    ]);
-    table.row(vec![
-        "RunPodSandbox → ready".to_string(),
-        ms(q.p50),
-        ms(q.p95),
-        ms(q.p99),
-        ms(r.p50),
-        ms(r.p95),
-        ms(r.p99),
-        ratio(q.p50, r.p50),
-    ]);
+    let mut table = Table::versus_reference();
+    table.compare("RunPodSandbox → ready", &q, &r);
     s.tables.push(table);
     let file = "pod_start.svg";
     let panel = CdfPanel {

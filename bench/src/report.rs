@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::stats::{ms, ratio, Quantiles};
+
 /// A Markdown table.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -24,6 +26,30 @@ impl Table {
 
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
+    }
+
+    /// Ours against the reference measured in the same run: quantiles of
+    /// each side and the ratio of the medians.
+    pub fn versus_reference() -> Table {
+        Table::new(&[
+            "measurement",
+            "ours p50",
+            "ours p95",
+            "ours p99",
+            "reference p50",
+            "reference p95",
+            "reference p99",
+            "ours / reference (p50)",
+        ])
+    }
+
+    /// A row of a [`Table::versus_reference`] table (values in ms).
+    pub fn compare(&mut self, label: &str, ours: &Quantiles, reference: &Quantiles) {
+        let mut row = vec![label.to_string()];
+        row.extend([ours.p50, ours.p95, ours.p99].map(ms));
+        row.extend([reference.p50, reference.p95, reference.p99].map(ms));
+        row.push(ratio(ours.p50, reference.p50));
+        self.row(row);
     }
 
     fn markdown(&self) -> String {

@@ -93,26 +93,12 @@ pub fn is_name_too_long(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_dir(tag: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("files-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
+    use tempfile::tempdir;
 
     #[test]
     fn atomic_writes_replace_or_create_exclusively() {
-        let d = temp_dir("atomic");
-        let (path, tmp) = (d.0.join("f"), d.0.join(".f.tmp"));
+        let d = tempdir().unwrap();
+        let (path, tmp) = (d.path().join("f"), d.path().join(".f.tmp"));
         fs::write(&tmp, "left by a crash").unwrap();
         write_atomic(&path, &tmp, b"one", 0o644).unwrap();
         write_atomic(&path, &tmp, b"two", 0o644).unwrap();
@@ -122,14 +108,14 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert!(!tmp.exists());
-        create_atomic(&d.0.join("g"), &tmp, b"new", 0o644).unwrap();
-        assert_eq!(fs::read(d.0.join("g")).unwrap(), b"new");
+        create_atomic(&d.path().join("g"), &tmp, b"new", 0o644).unwrap();
+        assert_eq!(fs::read(d.path().join("g")).unwrap(), b"new");
     }
 
     #[test]
     fn reads_are_bounded_and_never_block() {
-        let d = temp_dir("read");
-        let fifo = d.0.join("fifo");
+        let d = tempdir().unwrap();
+        let fifo = d.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
@@ -137,9 +123,9 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let err = read_regular(Path::new("/dev/zero"), 10).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        fs::write(d.0.join("big"), [b'x'; 11]).unwrap();
-        assert!(read_regular(&d.0.join("big"), 10).is_err());
-        assert_eq!(read_regular(&d.0.join("big"), 11).unwrap().len(), 11);
-        assert!(read_regular(&d.0, 10).is_err());
+        fs::write(d.path().join("big"), [b'x'; 11]).unwrap();
+        assert!(read_regular(&d.path().join("big"), 10).is_err());
+        assert_eq!(read_regular(&d.path().join("big"), 11).unwrap().len(), 11);
+        assert!(read_regular(d.path(), 10).is_err());
     }
 }

@@ -366,18 +366,10 @@ impl Locked<'_> {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_store(tag: &str) -> (Dir, Store) {
-        let dir = std::env::temp_dir().join(format!("ipam-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let store = Store::create(dir.join("cbr0")).unwrap();
-        (Dir(dir), store)
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path().join("cbr0")).unwrap();
+        (dir, store)
     }
 
     fn range(cidr: &str) -> Range {
@@ -390,7 +382,7 @@ mod tests {
 
     #[test]
     fn first_address_skips_gateway_and_files_match_host_local() {
-        let (_d, store) = temp_store("first");
+        let (_d, store) = temp_store();
         let r = range("10.244.3.0/24");
         assert_eq!(r.to_string(), "10.244.3.1-10.244.3.254");
         let lock = store.lock().unwrap();
@@ -407,7 +399,7 @@ mod tests {
 
     #[test]
     fn round_robin_continues_after_last_and_wraps() {
-        let (_d, store) = temp_store("rr");
+        let (_d, store) = temp_store();
         let r = range("10.1.0.0/29"); // .1 gateway, .2 - .6 usable
         let lock = store.lock().unwrap();
         let a = lock.allocate(&r, "a", "eth0", None).unwrap();
@@ -429,7 +421,7 @@ mod tests {
 
     #[test]
     fn non_regular_files_in_the_store_do_not_block() {
-        let (_d, store) = temp_store("fifo");
+        let (_d, store) = temp_store();
         for name in ["10.1.0.2", LAST_RESERVED] {
             let path = store.dir().join(name);
             let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
@@ -448,7 +440,7 @@ mod tests {
 
     #[test]
     fn cursor_is_rewritten_to_its_exact_length() {
-        let (_d, store) = temp_store("cursor");
+        let (_d, store) = temp_store();
         let r = range("10.1.0.0/24");
         let lock = store.lock().unwrap();
         lock.allocate(&r, "a", "eth0", Some(ip("10.1.0.100")))
@@ -465,7 +457,7 @@ mod tests {
 
     #[test]
     fn exhaustion_names_the_range() {
-        let (_d, store) = temp_store("full");
+        let (_d, store) = temp_store();
         let r = range("10.1.0.0/30"); // only .2 is usable
         let lock = store.lock().unwrap();
         lock.allocate(&r, "a", "eth0", None).unwrap();
@@ -482,7 +474,7 @@ mod tests {
 
     #[test]
     fn duplicate_and_requested_addresses() {
-        let (_d, store) = temp_store("dup");
+        let (_d, store) = temp_store();
         let r = range("10.1.0.0/24");
         let lock = store.lock().unwrap();
         lock.allocate(&r, "a", "eth0", None).unwrap();
@@ -502,7 +494,7 @@ mod tests {
 
     #[test]
     fn reads_reference_files_and_releases_them() {
-        let (_d, store) = temp_store("ref");
+        let (_d, store) = temp_store();
         // As Debian's host-local 1.1.1 writes them, with \n, and an old
         // file holding only the container ID.
         fs::write(store.dir().join("10.1.0.2"), "c1\r\neth0").unwrap();
@@ -532,7 +524,7 @@ mod tests {
 
     #[test]
     fn gc_keeps_only_valid_attachments() {
-        let (_d, store) = temp_store("gc");
+        let (_d, store) = temp_store();
         let r = range("10.1.0.0/24");
         let lock = store.lock().unwrap();
         for id in ["a", "b", "c"] {

@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn saved_configs_are_told_apart_by_network() {
-        let dir = std::env::temp_dir().join(format!("reclaim-saved-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("flannel");
         let mut map = Map::new();
         map.insert("name".into(), "cbr0".into());
         map.insert("ipMasq".into(), true.into());
@@ -235,6 +236,5 @@ mod tests {
         let err = remove_leftovers(&dir.join("sub"), "cbr0", "../x").unwrap_err();
         assert!(matches!(err, ReclaimError::InvalidId(_)), "{err}");
         assert!(dir.join("x").exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -153,7 +153,8 @@ mod tests {
 
     #[test]
     fn save_load_remove() {
-        let dir = std::env::temp_dir().join(format!("scratch-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let data = dir.join("flannel");
         let mut map = Map::new();
         map.insert("type".into(), "bridge".into());
@@ -176,12 +177,12 @@ mod tests {
             load(&data, "bad"),
             Err(ScratchError::Parse { .. })
         ));
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn temp_files_and_long_ids() {
-        let dir = std::env::temp_dir().join(format!("scratch-tmp-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("flannel");
         let name = temp_name("abc");
         assert!(is_temp_name(&name), "{name}");
         assert_ne!(name, temp_name("abd"));
@@ -194,6 +195,5 @@ mod tests {
         assert_eq!(load(&dir, &long).unwrap(), None);
         remove(&dir, &long).unwrap();
         assert!(!exists(&dir, &long));
-        fs::remove_dir_all(dir).unwrap();
     }
 }

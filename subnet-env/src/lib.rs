@@ -277,14 +277,14 @@ mod tests {
             true,
         );
         assert_eq!(env.to_string(), FLANNEL);
-        let dir = std::env::temp_dir().join(format!("subnet-env-test-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
         let path = dir.join("subnet.env");
         env.write(&path).unwrap();
         assert_eq!(SubnetEnv::read(&path).unwrap(), env);
         let mode = fs::metadata(&path).unwrap().permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o644);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -335,8 +335,8 @@ mod tests {
 
     #[test]
     fn reads_are_bounded_and_never_block() {
-        let dir = std::env::temp_dir().join(format!("subnet-env-read-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let fifo = dir.join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid C string.
@@ -349,11 +349,10 @@ mod tests {
             (fifo.as_path(), "not a regular file"),
             (Path::new("/dev/zero"), "not a regular file"),
             (big.as_path(), "larger than 65536 bytes"),
-            (dir.as_path(), "not a regular file"),
+            (dir, "not a regular file"),
         ] {
             let err = SubnetEnv::read(path).unwrap_err();
             assert!(err.to_string().contains(msg), "{}: {err}", path.display());
         }
-        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -93,24 +93,14 @@ fn check_firewall_tools(opts: &Options) -> anyhow::Result<()> {
     if !(opts.ip_masq || opts.iptables_forward_rules) {
         return Ok(());
     }
-    let tool = match opts.firewall {
-        FirewallChoice::Nftables => "nft",
-        FirewallChoice::Iptables => "iptables-restore",
+    let (tool, package) = match opts.firewall {
+        FirewallChoice::Nftables => ("nft", "nftables"),
+        FirewallChoice::Iptables => ("iptables-restore", "iptables"),
         FirewallChoice::Auto => return Ok(()),
     };
     anyhow::ensure!(
         crate::masq::which(tool),
-        "--firewall={}: `{tool}` is not in PATH (install {})",
-        if tool == "nft" {
-            "nftables"
-        } else {
-            "iptables"
-        },
-        if tool == "nft" {
-            "nftables"
-        } else {
-            "iptables"
-        },
+        "--firewall={package}: `{tool}` is not in PATH (install {package})"
     );
     Ok(())
 }
